@@ -1,0 +1,5 @@
+import sys
+
+from medad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""The few lines every chapter notebook starts and ends with.
+
+A chapter notebook does::
+
+    run = ChapterRun("prob_unet", profile=profile, data_dir=data_dir, seed=seed, device=device, epochs=epochs)
+    cfg = run.config                     # the profile's values, overridden by the parameters cell
+    train = run.open_dataset("lidc", "train")
+    ...
+    run.glue("test_ged", ged)            # a number the prose shows with {glue:text}`test_ged:.3f`
+    run.finish()                         # glues the provenance table and the time taken
+
+and its first markdown cell shows the provenance table with the ``glue:md``
+directive (see notebooks/data_atlas.py). Each run also writes
+``provenance.json`` (and anything the chapter saves) to ``run.out_dir``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from medad import profiles, provenance
+from medad.data.registry import open_dataset, resolve_data_dir
+from medad.paths import REPO_ROOT
+from medad.runtime import device_description, resolve_device, seed_everything
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """myst-nb's glue when the book tools are installed; otherwise just keep the value visible."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # running outside the book toolchain: show, don't fail
+        print(f"{name} = {value!r}")
+        return
+    _glue(name, value, display=display)
+
+
+class ChapterRun:
+    """Resolves a chapter's parameters, seeds, picks the device and records provenance."""
+
+    def __init__(self, chapter: str, profile: str = "quick", data_dir: str | None = None, **given):
+        self.chapter = chapter
+        self.config = profiles.resolve(chapter, profile, **given)
+        self.profile = profile
+        self.seed = int(self.config.get("seed", 0))
+        self.device = resolve_device(self.config.get("device", "auto"))
+        self.data_dir = resolve_data_dir(data_dir)
+        self.out_dir = Path(os.environ.get("MEDAD_RUN_DIR") or REPO_ROOT / "runs" / f"{chapter}-{profile}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._data: list[dict] = []
+        self._t0 = time.perf_counter()
+        self.record = {
+            "chapter": chapter,
+            "commit": provenance.git_commit(),
+            "profile": profile,
+            "device": device_description(self.device),
+            "seed": self.seed,
+            "started": provenance.now_utc(),
+            "parameters": {k: v for k, v in self.config.items() if k not in ("profile", "seed", "device")},
+            "data": self._data,
+            "environment": provenance.environment(),
+        }
+        seed_everything(self.seed)
+
+    @property
+    def uses_real_data(self) -> bool:
+        return self.data_dir is not None
+
+    def open_dataset(self, name: str, split: str = "train", **kwargs):
+        """``medad.data.open_dataset`` with this run's data directory and seed, recorded in the provenance."""
+        kwargs.setdefault("seed", self.seed)
+        ds = open_dataset(name, split, self.data_dir, **kwargs)
+        self.note_dataset(ds)
+        return ds
+
+    def note_dataset(self, ds) -> None:
+        item = ds.provenance()
+        if item not in self._data:
+            self._data.append(item)
+
+    def glue(self, name: str, value, display: bool = False) -> None:
+        glue(name, value, display=display)
+
+    def finish(self) -> dict:
+        """Glue the provenance table and the time taken; write provenance.json; return the record."""
+        self.record["seconds"] = round(time.perf_counter() - self._t0, 1)
+        self.record["finished"] = provenance.now_utc()
+        (self.out_dir / "provenance.json").write_text(json.dumps(self.record, indent=2, default=str))
+        from IPython.display import Markdown
+
+        glue("provenance", Markdown(provenance.markdown_table(self.record)), display=False)
+        glue("seconds_taken", self.record["seconds"], display=False)
+        return self.record

@@ -1,0 +1,95 @@
+"""Command line: ``python -m medad <command>`` (``make book`` wraps ``book``).
+
+    python -m medad book [--profile quick|full] [--data-dir DIR] [--chapters a,b] [--force] [--no-html]
+    python -m medad chapters
+    python -m medad data list [--data-dir DIR]
+    python -m medad data verify [--data-dir DIR]
+    python -m medad data make-split lidc --data-dir DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medad.errors import MedadError
+
+
+def _book(args) -> int:
+    from medad.pipeline import build_book
+
+    chapters = [c for c in args.chapters.split(",") if c] if args.chapters else None
+    return build_book(args.profile, args.data_dir, chapters, force=args.force, html=not args.no_html)
+
+
+def _chapters(args) -> int:
+    from medad.pipeline import chapters_from_toc
+
+    print("\n".join(chapters_from_toc()))
+    return 0
+
+
+def _data(args) -> int:
+    from medad.data import available_real, get_spec, list_datasets, manifest, resolve_data_dir
+    from medad.data.registry import archive_checksum, locate_archive
+
+    root = resolve_data_dir(args.data_dir)
+    if args.action == "list":
+        found = available_real(root)
+        for name in list_datasets():
+            spec = get_spec(name)
+            where = "real archive found" if found[name] else "synthetic (archive not in data dir)"
+            print(f"{name:16s} {spec.title[:60]:60s} {where}")
+        return 0
+    if root is None:
+        raise MedadError("no data directory: pass --data-dir or set MEDAD_DATA")
+    if args.action == "verify":
+        bad = 0
+        for key, entry in manifest().items():
+            try:
+                archive = locate_archive(key, root)
+                print(f"{key:12s} ok  {archive_checksum(archive, key)}  {archive.path}")
+            except MedadError as exc:
+                bad += 1
+                print(f"{key:12s} --  {exc}")
+        return 0
+    if args.action == "make-split":
+        if args.name != "lidc":
+            raise MedadError("only the LIDC split is a committed file; other datasets use their own or seeded carve-outs")
+        from medad.data.lidc import index_entries
+        from medad.data.splits import write_split_file
+
+        entries = index_entries(locate_archive("lidc", root).names())
+        path = write_split_file("lidc", [e.group for e in entries], seed=args.seed)
+        print(f"wrote {path}")
+        return 0
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    book = sub.add_parser("book", help="execute the chapters and build the HTML book")
+    book.add_argument("--profile", default="quick", help="quick (CPU, minutes) or full (GPU, the papers' schedules)")
+    book.add_argument("--data-dir", default=None, help="folder with the dataset archives (default: $MEDAD_DATA, else synthetic data)")
+    book.add_argument("--chapters", default="", help="comma-separated chapter names (default: all in _toc.yml)")
+    book.add_argument("--force", action="store_true", help="re-execute even unchanged chapters")
+    book.add_argument("--no-html", action="store_true", help="execute only; do not build the HTML")
+    book.set_defaults(func=_book)
+    chapters = sub.add_parser("chapters", help="list the chapters in book order")
+    chapters.set_defaults(func=_chapters)
+    data = sub.add_parser("data", help="list datasets, verify archives, make the LIDC split")
+    data.add_argument("action", choices=["list", "verify", "make-split"])
+    data.add_argument("name", nargs="?", default="lidc")
+    data.add_argument("--data-dir", default=None)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=_data)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MedadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

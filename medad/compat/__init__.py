@@ -1,0 +1,1 @@
+"""Small compatibility layers for the environments medad runs in."""

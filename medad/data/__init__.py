@@ -1,0 +1,15 @@
+"""Datasets: real archives (ZIP or extracted folder) and their synthetic counterparts.
+
+``open_dataset(name, split, data_dir)`` is the way in; ``list_datasets()`` names the choices.
+Importing this package registers every loader below.
+"""
+from medad.data.base import ArchiveDataset, ArrayDataset, Dataset, Sample
+from medad.data.registry import available_real, get_spec, list_datasets, manifest, open_dataset, resolve_data_dir
+
+# Each import registers one dataset.
+from medad.data import lidc  # noqa: E402,F401
+
+__all__ = [
+    "ArchiveDataset", "ArrayDataset", "Dataset", "Sample",
+    "available_real", "get_spec", "list_datasets", "manifest", "open_dataset", "resolve_data_dir",
+]

@@ -1,0 +1,52 @@
+"""Provenance of a result: which code, data, device, seed and profile produced it."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import subprocess
+
+from medad.paths import REPO_ROOT
+
+
+def git_commit() -> str:
+    """HEAD's hash, with '+uncommitted' when tracked files differ from it; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown (no git commit)"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git unavailable)"
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def environment() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+
+
+def markdown_table(prov: dict) -> str:
+    """A two-column MyST table of a provenance record (data sources one per line)."""
+    rows = [
+        ("Commit", f"`{prov['commit']}`"),
+        ("Profile", prov["profile"]),
+        ("Device", prov["device"]),
+        ("Seed", str(prov["seed"])),
+        ("Started", prov["started"]),
+        ("Time taken", f"{prov['seconds']:.0f} s" if prov.get("seconds") is not None else "running"),
+    ]
+    for item in prov.get("data", []):
+        sha = item["sha256"]
+        short = sha[:16] + "…" if len(sha) == 64 else sha
+        rows.append((f"Data: {item['dataset']}/{item['split']}", f"**{item['kind']}**, n={item['n']}, sha256 `{short}`"))
+    if not prov.get("data"):
+        rows.append(("Data", "none loaded"))
+    for key, value in prov.get("parameters", {}).items():
+        rows.append((f"Parameter `{key}`", f"`{value!r}`"))
+    lines = ["| Provenance | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)

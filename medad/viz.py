@@ -1,0 +1,52 @@
+"""Plotting helpers shared by the chapters: image grids with mask overlays and grader outlines."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+GRADER_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
+
+
+def show_image(ax, image: np.ndarray, title: str = "") -> None:
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def overlay_mask(ax, mask: np.ndarray | None, colour: str = "#ffd700", alpha: float = 0.35) -> None:
+    """Fill a boolean mask in translucent colour and outline its edge."""
+    if mask is None or not mask.any():
+        return
+    rgba = np.zeros(mask.shape + (4,))
+    rgba[mask] = plt.matplotlib.colors.to_rgba(colour, alpha)
+    ax.imshow(rgba)
+    ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=0.8)
+
+
+def outline_masks(ax, masks: np.ndarray, colours: Sequence[str] = GRADER_COLOURS) -> None:
+    """Outline several masks (e.g. the graders') in distinct colours."""
+    for mask, colour in zip(masks, colours):
+        if mask.any():
+            ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
+
+
+def sample_grid(samples, class_names: Sequence[str] = (), title: str = "", ncols: int = 6, size: float = 1.7):
+    """A grid of samples, masks overlaid (grader masks outlined when a sample has them)."""
+    samples = list(samples)
+    nrows = max(1, int(np.ceil(len(samples) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, s in zip(axes.ravel(), samples):
+        label = class_names[s.label] if (s.label is not None and class_names) else ""
+        show_image(ax, s.image, label)
+        if s.grader_masks is not None:
+            outline_masks(ax, s.grader_masks)
+        else:
+            overlay_mask(ax, s.mask)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
