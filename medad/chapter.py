@@ -68,8 +68,11 @@ class ChapterRun:
         return self.data_dir is not None
 
     def open_dataset(self, name: str, split: str = "train", **kwargs):
-        """``medad.data.open_dataset`` with this run's data directory and seed, recorded in the provenance."""
-        kwargs.setdefault("seed", self.seed)
+        """``medad.data.open_dataset`` with this run's data directory, recorded in the provenance.
+
+        The run's seed is *not* passed on: seeded carve-outs (a val split) and
+        synthetic data stay the same across training seeds, as real data does.
+        """
         ds = open_dataset(name, split, self.data_dir, **kwargs)
         self.note_dataset(ds)
         return ds

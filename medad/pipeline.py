@@ -44,8 +44,9 @@ class ChapterOutcome:
     error: str = ""
 
 
-def chapters_from_toc(toc_path: Path = TOC) -> list[str]:
+def chapters_from_toc(toc_path: Path | None = None) -> list[str]:
     """Chapters in book order: the ``book/executed/<name>`` files of the table of contents."""
+    toc_path = toc_path or TOC
     found: list[str] = []
 
     def walk(node):
@@ -135,9 +136,12 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
             return ChapterOutcome(chapter, "cached", 0.0)
     stamp_file.unlink(missing_ok=True)
     EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
-    run_dir = REPO_ROOT / "runs" / f"{chapter}-{profile}"
-    env_before = os.environ.get("MEDAD_RUN_DIR")
-    os.environ["MEDAD_RUN_DIR"] = str(run_dir)
+    # The kernel inherits this environment: figures must render inline even where
+    # MPLBACKEND=Agg is set (tests, headless shells), or the book would have no plots.
+    kernel_env = {"MEDAD_RUN_DIR": str(REPO_ROOT / "runs" / f"{chapter}-{profile}"),
+                  "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    saved = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
     try:
         source_nb = _to_notebook(chapter, REPO_ROOT / "build" / "notebooks" / f"{chapter}.ipynb")
         papermill.execute_notebook(
@@ -147,10 +151,11 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     except Exception as exc:  # a chapter's failure is reported at the end, never hides the others
         return ChapterOutcome(chapter, "failed", time.perf_counter() - t0, _short_error(exc))
     finally:
-        if env_before is None:
-            os.environ.pop("MEDAD_RUN_DIR", None)
-        else:
-            os.environ["MEDAD_RUN_DIR"] = env_before
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     seconds = time.perf_counter() - t0
     stamp_file.write_text(json.dumps({"stamp": stamp, "status": "ok", "seconds": round(seconds, 1), "profile": profile}))
     return ChapterOutcome(chapter, "executed", seconds)
@@ -167,7 +172,7 @@ def _short_error(exc: Exception) -> str:
 def build_html(quiet: bool = True) -> subprocess.CompletedProcess:
     from medad.mathjax import ensure_local_mathjax
 
-    ensure_local_mathjax()
+    ensure_local_mathjax(BOOK_DIR / "_static" / "mathjax")
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(REPO_ROOT), "--path-output", str(BOOK_DIR)]
     if quiet:
         cmd.append("-q")

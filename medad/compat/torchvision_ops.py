@@ -40,7 +40,7 @@ def _extension_path() -> Path | None:
 
 def compiled_ops_load() -> bool:
     """True when torchvision's own compiled operators load into this torch."""
-    if hasattr(torch.ops, "torchvision") and _has_op("nms"):
+    if "library" not in _state and _has_op("nms"):  # already loaded, and not by us
         return True
     path = _extension_path()
     if path is None:

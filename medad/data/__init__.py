@@ -8,6 +8,11 @@ from medad.data.registry import available_real, get_spec, list_datasets, manifes
 
 # Each import registers one dataset.
 from medad.data import lidc  # noqa: E402,F401
+from medad.data import chest_xray  # noqa: E402,F401
+from medad.data import kvasir  # noqa: E402,F401
+from medad.data import brain_mri  # noqa: E402,F401
+from medad.data import bmad  # noqa: E402,F401
+from medad.data import derm7pt  # noqa: E402,F401
 
 __all__ = [
     "ArchiveDataset", "ArrayDataset", "Dataset", "Sample",
