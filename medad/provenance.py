@@ -30,6 +30,10 @@ def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
+def _short(sha: str) -> str:
+    return sha[:12] + "…" if len(sha) == 64 else sha
+
+
 def markdown_table(prov: dict) -> str:
     """A two-column MyST table of a provenance record (data sources one per line)."""
     rows = [
@@ -40,10 +44,14 @@ def markdown_table(prov: dict) -> str:
         ("Started", prov["started"]),
         ("Time taken", f"{prov['seconds']:.0f} s" if prov.get("seconds") is not None else "running"),
     ]
-    for item in prov.get("data", []):
-        sha = item["sha256"]
-        short = sha[:16] + "…" if len(sha) == 64 else sha
-        rows.append((f"Data: {item['dataset']}/{item['split']}", f"**{item['kind']}**, n={item['n']}, sha256 `{short}`"))
+    by_dataset: dict[tuple, list] = {}
+    for item in prov.get("data", []):  # one row per dataset and source, its splits listed
+        by_dataset.setdefault((item["dataset"], item["kind"]), []).append(item)
+    for (name, kind), items in by_dataset.items():
+        shas = sorted({_short(i["sha256"]) for i in items})
+        sizes = ", ".join(f"{i['split']} {i['n']:,}" for i in items)
+        checksum = f"sha256 `{shas[0]}`" if len(shas) == 1 else "sha256 per split " + " ".join(f"`{s}`" for s in shas)
+        rows.append((f"Data: {name}", f"**{kind}** ({sizes}), {checksum}"))
     if not prov.get("data"):
         rows.append(("Data", "none loaded"))
     for key, value in prov.get("parameters", {}).items():

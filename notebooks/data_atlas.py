@@ -66,9 +66,6 @@ run.glue("n_real", sum(real[n] for n in names))
 # in the data directory and matched the checksum kept in `data/manifest.yml`.
 
 # %%
-def manifest_key(name):
-    return "bmad" if name.startswith("bmad_") else name
-
 overview = pd.DataFrame(
     [
         {
@@ -77,7 +74,7 @@ overview = pd.DataFrame(
             "modality": get_spec(n).modality,
             "classes": ", ".join(get_spec(n).classes) or "(masks only)",
             "used here": "real" if real[n] else "synthetic",
-            "licence": manifest()[manifest_key(n)].get("licence", ""),
+            "licence": manifest()[get_spec(n).manifest_key].get("licence", ""),
         }
         for n in names
     ]
@@ -96,7 +93,8 @@ overview
 summaries = {}
 stats_frames = []
 for name in names:
-    splits = {split: run.open_dataset(name, split) for split in get_spec(name).splits}
+    # Real where the archive is in the data directory, the synthetic counterpart otherwise.
+    splits = {split: run.open_dataset(name, split, synthetic=not real[name]) for split in get_spec(name).splits}
     train = splits["train"]
     shown = train.display_name
     display(Markdown(f"### {shown}"))
@@ -140,7 +138,7 @@ plt.show()
 
 # %%
 if "lidc" in names:
-    lidc_splits = {split: run.open_dataset("lidc", split) for split in ("train", "val", "test")}
+    lidc_splits = {split: run.open_dataset("lidc", split, synthetic=not real["lidc"]) for split in ("train", "val", "test")}
     arrays = {split: load_arrays(ds) for split, ds in lidc_splits.items()}
     counts = np.concatenate([grader_count(a["grader_masks"]) for a in arrays.values()])
     hist = atlas.agreement_histogram(counts)
