@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import io
-import json
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from medad.data import checksums
 from medad.data.lidc import grader_count, index_entries, load_arrays
 from medad.data.splits import read_split_file
 from medad.errors import ChecksumError, ConfigError, DataError
+from fixtures import write
 
 SPLIT = read_split_file("lidc")
 PATIENTS = {"train": SPLIT["train"][:2], "val": SPLIT["val"][:1], "test": SPLIT["test"][:2]}
@@ -45,18 +44,8 @@ def lidc_files(size: int = 16, extra_patient: str | None = None) -> dict[str, by
 
 
 def write_zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
+    write(path.parent, files, archive=path.name)
     return path
-
-
-def write_folder(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return root
 
 
 @pytest.fixture
@@ -90,7 +79,7 @@ def test_sample_has_four_grader_masks_and_union(lidc_zip):
 
 def test_zip_and_folder_give_identical_samples(tmp_path):
     files = lidc_files()
-    folder = write_folder(tmp_path / "extracted", files)
+    folder = write(tmp_path / "extracted", files)
     zipped = write_zip(tmp_path / "zipped.zip", files)
     from medad.data.archive import Archive
     from medad.data.lidc import index_real
@@ -105,14 +94,14 @@ def test_zip_and_folder_give_identical_samples(tmp_path):
 
 
 def test_extracted_folder_is_found_and_marked_unverified(tmp_path):
-    write_folder(tmp_path, lidc_files())
+    write(tmp_path, lidc_files())
     ds = open_dataset("lidc", "val", tmp_path)
     assert ds.checksum.startswith("unverified")
     assert len(ds) == 4
 
 
 def test_unknown_patient_is_hashed_with_a_warning(tmp_path):
-    write_folder(tmp_path, lidc_files(extra_patient="LIDC-IDRI-9999"))
+    write(tmp_path, lidc_files(extra_patient="LIDC-IDRI-9999"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         total = sum(len(open_dataset("lidc", s, tmp_path)) for s in ("train", "val", "test"))
@@ -153,7 +142,7 @@ def test_missing_mask_is_an_error_naming_the_slice(tmp_path):
     files = lidc_files()
     victim = next(n for n in files if "/mask-2/" in n)
     del files[victim]
-    write_folder(tmp_path, files)
+    write(tmp_path, files)
     with pytest.raises(DataError, match="lacks grader mask"):
         open_dataset("lidc", "train", tmp_path)
 
@@ -162,7 +151,7 @@ def test_mask_of_wrong_size_is_an_error(tmp_path):
     files = lidc_files()
     victim = f"LIDC-IDRI-slices/{PATIENTS['train'][0]}/nodule-0/mask-0/slice-0.png"
     files[victim] = _png(np.zeros((20, 20), np.uint8))
-    write_folder(tmp_path, files)
+    write(tmp_path, files)
     ds = open_dataset("lidc", "train", tmp_path)
     with pytest.raises(DataError, match="mask is 20x20 but its image .* is 16x16"):
         ds[0]
@@ -172,7 +161,7 @@ def test_corrupt_image_names_the_file(tmp_path):
     files = lidc_files()
     victim = f"LIDC-IDRI-slices/{PATIENTS['test'][0]}/nodule-0/images/slice-0.png"
     files[victim] = b"not a png"
-    write_folder(tmp_path, files)
+    write(tmp_path, files)
     ds = open_dataset("lidc", "test", tmp_path)
     with pytest.raises(DataError, match="slice-0.png: not a readable image"):
         ds[0]

@@ -33,7 +33,7 @@ from __future__ import annotations
 from medad.data.archive import Archive
 from medad.data.base import ArchiveDataset, DatasetSpec, Entry
 from medad.data.registry import register
-from medad.data.splits import stratified_carve_out
+from medad.data.splits import carve, stratified_carve_out
 from medad.data.synthetic import synthetic_lesion_dataset
 
 NAME = "brain_mri"
@@ -56,9 +56,7 @@ def index_real(*, archive, split, checksum, meta, seed=0) -> ArchiveDataset:
         entries = index_folder(archive, "Testing")
     else:
         training = index_folder(archive, "Training")
-        in_val = stratified_carve_out([e.label for e in training], VAL_FRACTION, seed)
-        keep = in_val if split == "val" else ~in_val
-        entries = [e for e, k in zip(training, keep) if k]
+        entries = carve(training, split, stratified_carve_out([e.label for e in training], VAL_FRACTION, seed))
     return ArchiveDataset(
         name=NAME,
         split=split,

@@ -45,7 +45,7 @@ import re
 from medad.data.archive import Archive
 from medad.data.base import ArchiveDataset, DatasetSpec, Entry
 from medad.data.registry import register
-from medad.data.splits import grouped_carve_out
+from medad.data.splits import carve, grouped_carve_out
 from medad.data.synthetic import synthetic_lesion_dataset
 from medad.errors import DataError
 
@@ -90,9 +90,7 @@ def index_real(*, archive, split, checksum, meta, seed=0) -> ArchiveDataset:
         entries = index_folder(archive, "test")
     else:
         train = index_folder(archive, "train")
-        in_val = grouped_carve_out([e.group for e in train], VAL_FRACTION, seed)
-        keep = in_val if split == "val" else ~in_val
-        entries = [e for e, k in zip(train, keep) if k]
+        entries = carve(train, split, grouped_carve_out([e.group for e in train], VAL_FRACTION, seed))
     return ArchiveDataset(
         name=NAME,
         split=split,

@@ -117,3 +117,9 @@ def stratified_carve_out(labels: Sequence[int], fraction: float, seed: int) -> n
         n_out = int(round(fraction * len(idx)))
         out[rng.permutation(idx)[:n_out]] = True
     return out
+
+
+def carve(entries: Sequence, split: str, in_val: np.ndarray) -> list:
+    """The ``val`` part (where ``in_val``) or the ``train`` part (the rest) of a folder's entries."""
+    want_val = split == "val"
+    return [e for e, v in zip(entries, in_val) if bool(v) == want_val]
