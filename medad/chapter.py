@@ -26,8 +26,23 @@ from medad.paths import REPO_ROOT
 from medad.runtime import device_description, resolve_device, seed_everything
 
 
+class PlainText:
+    """A string that glues as itself: plain strings would show in the book with their quotes ('real')."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(self.text)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """myst-nb's glue when the book tools are installed; otherwise just keep the value visible."""
+    if isinstance(value, str):
+        value = PlainText(value)
     try:
         from myst_nb import glue as _glue
     except ImportError:  # running outside the book toolchain: show, don't fail

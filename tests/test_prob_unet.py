@@ -1,0 +1,254 @@
+"""Probabilistic U-Net, baselines and their training loop (medad.models, medad.train.segmentation)."""
+import numpy as np
+import pytest
+import torch
+
+from medad.errors import ConfigError
+from medad.models.ambiguous import MODELS, build_model
+from medad.models.prob_unet import DiagonalGaussian, ProbUNet, kl_diagonal
+from medad.models.segmentation_common import pixel_ce_sum
+from medad.train.segmentation import NonFiniteLossError, TrainSettings, train
+
+SMALL = {"channels": (4, 8), "convs_per_block": 1, "latent_dim": 3, "members": 2, "heads": 3}
+
+
+def tiny_data(n=12, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    graders = np.zeros((n, 4, size, size), bool)
+    for i in range(n):
+        for g in range(4):
+            r = rng.integers(0, 4)
+            if r:
+                graders[i, g, 8 - r : 8 + r, 8 - r : 8 + r] = True
+    return {"images": images, "grader_masks": graders, "groups": np.array([f"p{i // 3}" for i in range(n)])}
+
+
+def batch(n=3, size=16, seed=0):
+    d = tiny_data(n, size, seed)
+    return torch.from_numpy(d["images"]).float().div(255)[:, None], torch.from_numpy(d["grader_masks"])
+
+
+# ----------------------------------------------------------------------------- shapes and sampling
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_loss_and_sample_shapes(name):
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL)
+    x, y = batch()
+    out = model.loss(x, y, generator=torch.Generator().manual_seed(0))
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    s = model.sample(x, 5, generator=torch.Generator().manual_seed(1))
+    assert s.shape == (3, 5, 16, 16) and s.dtype == torch.bool
+
+
+def test_sampling_behaviour_of_each_baseline():
+    torch.manual_seed(0)
+    x, _ = batch()
+    det = build_model("unet", **SMALL).eval()
+    s = det.sample(x, 4)
+    assert (s == s[:, :1]).all()  # deterministic: identical copies
+    ens = build_model("unet_ensemble", **SMALL).eval()
+    s = ens.sample(x, 5)
+    assert torch.equal(s[:, 0], s[:, 2]) and torch.equal(s[:, 1], s[:, 3])  # member i mod K
+    mh = build_model("mheads", **SMALL).eval()
+    s = mh.sample(x, 7)
+    assert torch.equal(s[:, 0], s[:, 3]) and torch.equal(s[:, 1], s[:, 4])  # head i mod M
+    drop = build_model("dropout_unet", channels=(4, 8), convs_per_block=1, dropout=0.5).eval()
+    torch.manual_seed(3)
+    logits = [drop.net.train()(x) for _ in range(2)]
+    assert not torch.equal(logits[0], logits[1])  # dropout really is on when sampling
+    drop.eval()
+    assert drop.sample(x, 3).shape == (3, 3, 16, 16) and not drop.training
+
+
+def test_prob_unet_samples_depend_on_z_and_fast_path_matches():
+    torch.manual_seed(0)
+    model = ProbUNet(**{k: v for k, v in SMALL.items() if k in ("channels", "convs_per_block", "latent_dim")}).eval()
+    x, _ = batch()
+    with torch.no_grad():
+        feats = model.unet(x)
+        zs = torch.randn(3, 6, 3) * 3
+        fast = model.f_comb.foreground_many(feats, zs, max_elements=100)  # forces chunking over samples
+        slow = torch.stack([model.f_comb(feats, zs[:, i]).argmax(1) > 0 for i in range(6)], 1)
+    assert torch.equal(fast, slow)
+    g = torch.Generator().manual_seed(5)
+    a = model.sample(x, 4, generator=g)
+    b = model.sample(x, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)  # seeded sampling repeats
+
+
+def test_bad_parameters_raise_config_errors():
+    with pytest.raises(ConfigError, match="prob_unet, unet, dropout_unet, unet_ensemble, mheads"):
+        build_model("vae")
+    with pytest.raises(ConfigError, match="latent_dim"):
+        ProbUNet(latent_dim=0)
+    with pytest.raises(ConfigError, match="channels"):
+        ProbUNet(channels=())
+    model = ProbUNet(channels=(4, 8), convs_per_block=1)
+    with pytest.raises(ConfigError, match="batch, 1, H, W"):
+        model.sample(torch.zeros(2, 16, 16), 3)
+    with pytest.raises(ConfigError, match="divisible"):
+        model.sample(torch.zeros(1, 1, 15, 15), 3)
+    with pytest.raises(ConfigError, match="grader_masks"):
+        model.loss(torch.zeros(2, 1, 16, 16), torch.zeros(2, 16, 16, dtype=torch.bool))
+    with pytest.raises(ConfigError):
+        TrainSettings(iterations=0)
+
+
+# ----------------------------------------------------------------------------- KL and numerical safety
+
+
+def test_kl_analytic_matches_monte_carlo():
+    torch.manual_seed(0)
+    q = DiagonalGaussian(torch.randn(2, 6), 0.5 * torch.randn(2, 6))
+    p = DiagonalGaussian(torch.randn(2, 6), 0.5 * torch.randn(2, 6))
+    analytic = kl_diagonal(q, p)
+    z = q.mu + torch.randn(200_000, 2, 6) * q.log_sigma.exp()
+    mc = (q.log_prob(z) - p.log_prob(z)).mean(0)
+    assert torch.allclose(analytic, mc, rtol=0.03, atol=0.03)
+    assert torch.allclose(kl_diagonal(q, q), torch.zeros(2), atol=1e-6)
+
+
+def test_no_nan_with_extreme_inputs_and_parameters():
+    torch.manual_seed(0)
+    model = ProbUNet(channels=(4, 8), convs_per_block=1, latent_dim=3)
+    with torch.no_grad():  # drive mu and log sigma far beyond any sane range
+        model.posterior.to_params.bias.fill_(1e6)
+        model.prior.to_params.bias.fill_(-1e6)
+    x, y = batch()
+    for images in (x * 1e4, -x * 1e4, torch.zeros_like(x)):
+        out = model.loss(images, y)
+        assert torch.isfinite(out["loss"]), out
+        model.zero_grad()
+        out["loss"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # bounded parameters keep the KL finite even at the bounds
+    q = DiagonalGaussian(torch.full((1, 3), 1000.0), torch.full((1, 3), -8.0))
+    p = DiagonalGaussian(torch.full((1, 3), -1000.0), torch.full((1, 3), -8.0))
+    assert torch.isfinite(kl_diagonal(q, p)).all()
+    # huge logits: the cross-entropy stays finite
+    logits = torch.tensor([1e30, -1e30]).view(1, 2, 1, 1).expand(1, 2, 4, 4)
+    assert torch.isfinite(pixel_ce_sum(logits, torch.ones(1, 4, 4, dtype=torch.long))).all()
+
+
+def test_gradients_reach_every_part():
+    torch.manual_seed(0)
+    model = ProbUNet(channels=(4, 8), convs_per_block=1, latent_dim=3)
+    x, y = batch()
+    model.loss(x, y)["loss"].backward()
+    for part in (model.unet, model.prior, model.posterior, model.f_comb):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+def settings(**kw):
+    base = dict(iterations=4, batch_size=4, lr_values=(1e-3,), lr_boundaries=(), seed=3, val_slices=4, val_samples=2, log_every=1)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("name", ["prob_unet", "dropout_unet"])
+def test_training_is_deterministic_with_a_seed(name):
+    data = tiny_data()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(train(build_model(name, **SMALL), data, data, settings(), progress=False))
+    assert torch.equal(params(runs[0].model), params(runs[1].model))
+    assert runs[0].history == [{**h, "seconds": runs[0].history[i]["seconds"]} for i, h in enumerate(runs[1].history)]
+
+
+@pytest.mark.parametrize("name", ["prob_unet", "dropout_unet"])
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, name):
+    data = tiny_data()
+    torch.manual_seed(0)
+    train(build_model(name, **SMALL), data, data, settings(iterations=6), checkpoint_dir=tmp_path / "a", progress=False)
+    # "interrupted" after 3 steps (checkpoint written), then a fresh process resumes to 6
+    torch.manual_seed(0)
+    train(build_model(name, **SMALL), data, data, settings(iterations=3), checkpoint_dir=tmp_path / "b", progress=False)
+    torch.manual_seed(123)  # a new process has other random state and other initial weights
+    resumed = train(build_model(name, **SMALL), data, data, settings(iterations=6), checkpoint_dir=tmp_path / "b", progress=False)
+    assert resumed.steps == 6
+    # the final training state (last.pt), not the best-validation weights the function returns
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("a", "b"))
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert (tmp_path / "b" / "best.pt").is_file()
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    data = tiny_data()
+    train(build_model("unet", **SMALL), data, data, settings(iterations=1), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        train(build_model("mheads", **SMALL), data, data, settings(iterations=2), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="other training data"):
+        train(build_model("unet", **SMALL), tiny_data(seed=9), data, settings(iterations=2), checkpoint_dir=tmp_path, progress=False)
+
+
+def test_non_finite_loss_stops_training():
+    class Broken(torch.nn.Module):
+        kind = "broken"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def loss(self, images, grader_masks, generator=None):
+            return {"loss": self.w.sum() * float("nan")}
+
+        def sample(self, images, n, generator=None):
+            return torch.zeros((images.shape[0], n) + images.shape[-2:], dtype=torch.bool)
+
+    data = tiny_data()
+    with pytest.raises(NonFiniteLossError, match="non-finite at step 0"):
+        train(Broken(), data, data, settings(), progress=False)
+
+
+def test_validation_selects_best_weights_and_lr_schedule():
+    s = TrainSettings(iterations=300, lr_values=(1e-4, 5e-5, 1e-5, 5e-7), lr_boundaries=(1 / 3, 2 / 3, 1.0))
+    assert [s.lr_at(k) for k in (0, 99, 100, 199, 200, 299)] == [1e-4, 1e-4, 5e-5, 5e-5, 1e-5, 1e-5]
+    data = tiny_data()
+    res = train(build_model("unet", **SMALL), data, data, settings(iterations=4, val_every=2), progress=False)
+    assert [v["step"] for v in res.val_history] == [2, 4]
+    assert res.best_val_ged == min(v["val_ged"] for v in res.val_history)
+
+
+# ----------------------------------------------------------------------------- experiment driver (chapter + long run)
+
+
+def test_experiment_pipeline_on_tiny_synthetic_data():
+    from medad.data.synthetic import synthetic_lidc
+    from medad.train import prob_unet_experiment as exp
+
+    cfg = {"seed": 0, "crop": 32, "train_slices": 8, "val_slices": 6, "test_slices": 6, "eval_subset": "slices",
+           "channels": [4, 8], "convs_per_block": 1, "latent_dim": 2, "ensemble_members": 2, "heads": 2,
+           "models": ["prob_unet", "unet"], "iterations": 2, "epochs": None, "batch_size": 4,
+           "lr_values": [1e-3], "lr_boundaries": [], "val_every": 0, "val_select_slices": 4, "val_samples": 2}
+    ds = {s: synthetic_lidc(s, seed=0, n=8) for s in ("train", "val", "test")}
+    data = exp.prepare_data(ds, cfg)
+    assert data["train"]["images"].shape == (8, 32, 32) and len(data["test"]["images"]) == 6
+    assert exp.iterations_for({**cfg, "epochs": 2}, 8) == 4
+    trained = exp.train_models(cfg, data, "cpu", progress=False)
+    evals = {m: exp.evaluate_model(r.model, data["test"], [1, 4], "cpu", 0, hm_iou_samples=4, keep_examples=[0])
+             for m, r in trained.items()}
+    assert evals["prob_unet"].ged.shape == (6, 2) and evals["prob_unet"].examples[0].shape[1:] == (32, 32)
+    curve, table, by_graders = exp.summarize(evals, data["test"], n_boot=20, table_samples=4)
+    assert set(curve["samples"]) == {1, 4} and len(table) == 2 and not by_graders.empty
+    # the deterministic U-Net's GED does not move with N; its diversity is 0
+    assert np.allclose(evals["unet"].ged[:, 0], evals["unet"].ged[:, 1]) and (evals["unet"].diversity == 0).all()
+    oracle = exp.oracle_check(trained["prob_unet"].model, ds["test"], data["test"], [1, 4], "cpu", 0)
+    truth = oracle.query("sampler == 'oracle' and reference == 'vs true distribution'")["ged"]
+    assert truth.iloc[-1] < truth.iloc[0]  # the oracle nears 0 as N grows
+    with pytest.raises(ConfigError, match="unknown model"):
+        exp.check_models(["prob_unet", "vae"])
