@@ -71,15 +71,10 @@ def agreement_histogram(grader_counts: np.ndarray, n_graders: int = 4) -> pd.Ser
 
 
 def pairwise_disagreement(grader_masks: np.ndarray) -> np.ndarray:
-    """Per slice: mean of 1 - IoU over grader pairs (two empty masks agree perfectly). (N,G,H,W) -> (N,)."""
-    flat = grader_masks.reshape(grader_masks.shape[0], grader_masks.shape[1], -1)
-    g = flat.shape[1]
-    total = np.zeros(flat.shape[0])
-    pairs = 0
-    for a in range(g):
-        for b in range(a + 1, g):
-            inter = np.logical_and(flat[:, a], flat[:, b]).sum(1)
-            union = np.logical_or(flat[:, a], flat[:, b]).sum(1)
-            total += np.where(union > 0, 1 - inter / np.maximum(union, 1), 0.0)
-            pairs += 1
-    return total / pairs
+    """Per slice: mean 1 - IoU over the distinct grader pairs (two empty masks agree). (N,G,H,W) -> (N,)."""
+    from medad.metrics.ged import pairwise_iou
+
+    distance = 1 - pairwise_iou(grader_masks, grader_masks, empty="match").numpy()
+    g = grader_masks.shape[1]
+    off_diagonal = ~np.eye(g, dtype=bool)
+    return distance[:, off_diagonal].mean(axis=1)

@@ -15,6 +15,7 @@ directive (see notebooks/data_atlas.py). Each run also writes
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import time
@@ -39,9 +40,23 @@ class PlainText:
         return self.text
 
 
+def _check_renders_as_text(name: str, value: str) -> None:
+    # myst-nb's {glue:text} reads glued text as a Python literal when it can: "1,500" shows as (1, 500).
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return
+    if not isinstance(parsed, str) and str(parsed) != value:
+        raise ValueError(
+            f"glue {name!r}: the text {value!r} would be shown as {parsed!r}; glue the number itself "
+            f"and format it in the prose, e.g. {{glue:text}}`{name}:,`"
+        )
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """myst-nb's glue when the book tools are installed; otherwise just keep the value visible."""
     if isinstance(value, str):
+        _check_renders_as_text(name, value)
         value = PlainText(value)
     try:
         from myst_nb import glue as _glue

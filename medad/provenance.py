@@ -54,7 +54,10 @@ def markdown_table(prov: dict) -> str:
         rows.append((f"Data: {name}", f"**{kind}** ({sizes}), {checksum}"))
     if not prov.get("data"):
         rows.append(("Data", "none loaded"))
-    for key, value in prov.get("parameters", {}).items():
-        rows.append((f"Parameter `{key}`", f"`{value!r}`"))
     lines = ["| Provenance | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    params = prov.get("parameters", {})
+    if params:  # folded: the full list is long, and the key facts are above
+        lines += ["", f":::{{dropdown}} All {len(params)} parameters of this run", "| Parameter | Value |", "|---|---|"]
+        lines += [f"| `{key}` | `{value!r}` |" for key, value in params.items()]
+        lines += [":::"]
     return "\n".join(lines)

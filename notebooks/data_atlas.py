@@ -131,7 +131,7 @@ plt.show()
 #
 # Every LIDC slice was outlined independently by four graders; an empty mask
 # means that grader did not mark the lesion at all. Over all
-# {glue:text}`lidc_slices` slices ({glue:text}`lidc_kind`),
+# {glue:text}`lidc_slices:,` slices ({glue:text}`lidc_kind`),
 # {glue:text}`lidc_all_four:.1%` were marked by all four graders and
 # {glue:text}`lidc_only_one:.1%` by only one. Slices marked by one to three
 # graders are where a single "correct" segmentation does not exist.
@@ -143,7 +143,7 @@ if "lidc" in names:
     counts = np.concatenate([grader_count(a["grader_masks"]) for a in arrays.values()])
     hist = atlas.agreement_histogram(counts)
     kind = "synthetic" if lidc_splits["train"].synthetic else "real"
-    run.glue("lidc_slices", f"{len(counts):,}")
+    run.glue("lidc_slices", int(len(counts)))
     run.glue("lidc_kind", kind)
     run.glue("lidc_all_four", float(hist[4]))
     run.glue("lidc_only_one", float(hist[1]))

@@ -29,7 +29,7 @@
 # samples with the generalized energy distance (GED) against the graders.
 #
 # This run used **{glue:text}`data_kind`** LIDC data, the {glue:text}`profile_name`
-# profile ({glue:text}`train_slices` training slices, {glue:text}`iterations`
+# profile ({glue:text}`train_slices:,` training slices, {glue:text}`iterations:,`
 # iterations per model, networks with {glue:text}`channels` channels on the
 # central {glue:text}`crop_px` pixels), and took {glue:text}`seconds_taken:.0f` s.
 # The quick profile's numbers are smoke-sized; the results of a longer CPU
@@ -38,11 +38,11 @@
 # %% tags=["parameters"]
 profile = "quick"        # quick | full (medad/profiles/prob_unet.yml)
 data_dir = None          # folder with the archives; None -> $MEDAD_DATA -> synthetic data
-device = None            # None -> from the profile (quick: cpu, full: auto = CUDA if present)
+device = None            # None -> the profile's (cpu for quick; auto, i.e. CUDA if present, for full)
 seed = None
 epochs = None            # passes over the training slices; None -> the profile's `iterations`
 iterations = None        # training steps per model (batch of `batch_size` slices)
-train_slices = None      # None -> profile (quick: a subset; full: all)
+train_slices = None      # None -> the profile's (a subset for quick, all for full)
 test_slices = None
 models = None            # list of model names; None -> all five
 threads = None           # CPU threads for torch
@@ -131,8 +131,8 @@ t_start = time.perf_counter()
 #
 # LIDC slices come with a patient-level split (`data/splits/lidc.json`): no
 # patient is in two splits. Models are selected on validation slices only and
-# scored once on the test slices. Of the {glue:text}`test_n` test slices
-# ({glue:text}`test_patients` patients, {glue:text}`data_kind`),
+# scored once on the test slices. Of the {glue:text}`test_n:,` test slices
+# ({glue:text}`test_patients:,` patients, {glue:text}`data_kind`),
 # {glue:text}`test_marked_all:.0%` were marked by all four graders and
 # {glue:text}`test_marked_one:.0%` by exactly one.
 
@@ -147,13 +147,13 @@ size = data["train"]["images"].shape[-1]
 
 run.glue("data_kind", kind)
 run.glue("profile_name", profile)
-run.glue("train_slices", f"{n_train:,}")
-run.glue("iterations", f"{settings_preview.iterations:,}")
+run.glue("train_slices", int(n_train))
+run.glue("iterations", int(settings_preview.iterations))
 run.glue("channels", "-".join(str(c) for c in cfg["channels"]))
 run.glue("crop_px", f"{size}x{size}")
 marked = grader_count(data["test"]["grader_masks"])
-run.glue("test_n", f"{len(marked):,}")
-run.glue("test_patients", f"{len(np.unique(data['test']['groups'])):,}")
+run.glue("test_n", int(len(marked)))
+run.glue("test_patients", int(len(np.unique(data['test']['groups']))))
 run.glue("test_marked_all", float(np.mean(marked == 4)))
 run.glue("test_marked_one", float(np.mean(marked == 1)))
 pd.DataFrame({split: {"slices": len(d["images"]), "patients": len(np.unique(d["groups"])), "size": f"{size}x{size}"}
@@ -420,7 +420,7 @@ pd.DataFrame([*reported.to_dict("records"), *ours]).set_index(["kind", "source",
 # {glue:text}`long_iters` iterations per model (batch {glue:text}`long_batch`,
 # networks with {glue:text}`long_channels` channels on the central
 # {glue:text}`long_crop` pixels of the **{glue:text}`long_kind`** LIDC slices),
-# {glue:text}`long_test` test slices from {glue:text}`long_patients`
+# {glue:text}`long_test:,` test slices from {glue:text}`long_patients`
 # patients; {glue:text}`long_minutes:.0f` minutes for the LIDC models and
 # {glue:text}`long_oracle_minutes:.0f` for the synthetic oracle check. There, with
 # {glue:text}`table_samples` samples, the Probabilistic U-Net's GED is
@@ -456,7 +456,7 @@ else:
     run.glue("long_channels", "-".join(str(c) for c in long["config"]["channels"]))
     run.glue("long_crop", f"{long['config']['crop']}x{long['config']['crop']}" if long["config"].get("crop") else "128x128")
     run.glue("long_kind", "synthetic" if long["data"]["test"]["synthetic"] else "real")
-    run.glue("long_test", f"{long['data']['test']['slices']:,}")
+    run.glue("long_test", int(long['data']['test']['slices']))
     run.glue("long_patients", long["data"]["test"]["patients"])
     run.glue("long_minutes", prov["seconds"] / 60)
     lts = long["config"].get("table_samples", 16)

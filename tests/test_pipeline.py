@@ -145,3 +145,12 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         ChapterRun("data_atlas", profile="quick", device="cuda")
+
+
+def test_glue_refuses_text_that_myst_nb_would_misread():
+    from medad.chapter import glue
+
+    with pytest.raises(ValueError, match=r"would be shown as \(1, 500\)"):
+        glue("n", "1,500")
+    glue("kind", "real")          # plain words are fine
+    glue("channels", "8-16-32-48")

@@ -64,3 +64,14 @@ def test_lesion_dataset_ground_truth():
 def test_lesion_dataset_rejects_unknown_normal_class():
     with pytest.raises(ValueError, match="normal_classes"):
         synthetic_lesion_dataset(name="toy", split="train", classes=("a",), normal_classes=("b",))
+
+
+def test_atlas_pairwise_disagreement_by_hand():
+    from medad.atlas import pairwise_disagreement
+
+    masks = np.zeros((2, 3, 4, 4), bool)
+    masks[0, 0, :2, :2] = True           # slice 0: 4 px, 2 px inside it, and an empty mask
+    masks[0, 1, :1, :2] = True
+    # pairs: (0,1) IoU 2/4 -> d 0.5; (0,2) and (1,2) one empty -> d 1
+    masks[1] = False                     # slice 1: all empty -> perfect agreement
+    assert pairwise_disagreement(masks) == pytest.approx([(0.5 + 1 + 1) / 3, 0.0])
