@@ -169,6 +169,21 @@ def apply_insert_to_map(module: Callable, fmap: torch.Tensor) -> torch.Tensor:
     return tokens_to_map(out, (h, w))
 
 
+def run_cnn_stages(x: torch.Tensor, stages, levels, inserts) -> tuple[torch.Tensor, dict]:
+    """Run CNN stages (numbered from 1) in order, applying inserted modules and keeping the asked-for levels.
+
+    Returns the last feature map and {stage: feature map after its insert} for ``levels``.
+    """
+    taken = {}
+    for stage, block in enumerate(stages, start=1):
+        x = block(x)
+        if stage in inserts:
+            x = apply_insert_to_map(inserts[stage], x)
+        if stage in levels:
+            taken[stage] = x
+    return x, taken
+
+
 class Backbone(nn.Module, abc.ABC):
     """Base class of every registered backbone (see the module docstring)."""
 

@@ -195,17 +195,10 @@ class OpenCLIPBackbone(Backbone):
         )
 
     def _encode_resnet(self, images, levels, inserts) -> ImageFeatures:
-        from medad.backbones.base import apply_insert_to_map, map_to_tokens
+        from medad.backbones.base import map_to_tokens, run_cnn_stages
 
         visual = self.model.visual
-        x = visual.stem(images)
-        taken = {}
-        for stage, layer in enumerate(self._layers, start=1):
-            x = layer(x)
-            if stage in inserts:
-                x = apply_insert_to_map(inserts[stage], x)
-            if stage in levels:
-                taken[stage] = x
+        x, taken = run_cnn_stages(visual.stem(images), self._layers, levels, inserts)
         return ImageFeatures(
             embedding=visual.attnpool(x),
             tokens=[map_to_tokens(taken[s]) for s in levels],

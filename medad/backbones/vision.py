@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from medad.backbones.base import Backbone, ImageFeatures, Preprocess, apply_insert_to_map, map_to_tokens, warn_random
+from medad.backbones.base import Backbone, ImageFeatures, Preprocess, map_to_tokens, run_cnn_stages, warn_random
 from medad.backbones.weights import find_named_file
 from medad.errors import ConfigError, MedadError
 
@@ -61,15 +61,7 @@ class StagedCNN(Backbone):
             self._check_stage(s, "levels")
 
     def _run(self, images: torch.Tensor, levels, inserts):
-        x = self.stem(images)
-        taken = {}
-        for stage, block in enumerate(self.stages, start=1):
-            x = block(x)
-            if stage in inserts:
-                x = apply_insert_to_map(inserts[stage], x)
-            if stage in levels:
-                taken[stage] = x
-        return x, taken
+        return run_cnn_stages(self.stem(images), self.stages, levels, inserts)
 
     def encode_image(self, images: torch.Tensor, levels: Sequence[int] | None = None,
                      inserts: Mapping[int, Callable] | None = None) -> ImageFeatures:

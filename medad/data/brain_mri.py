@@ -34,7 +34,7 @@ from medad.data.archive import Archive
 from medad.data.base import ArchiveDataset, DatasetSpec, Entry
 from medad.data.registry import register
 from medad.data.splits import carve, stratified_carve_out
-from medad.data.synthetic import synthetic_lesion_dataset
+from medad.data.synthetic import lesion_counterpart
 
 NAME = "brain_mri"
 TOP = "brain-tumor-mri"
@@ -69,12 +69,8 @@ def index_real(*, archive, split, checksum, meta, seed=0) -> ArchiveDataset:
     )
 
 
-def make_synthetic(split: str, seed: int = 0, n: int | None = None):
-    """Gray 64x64 'MRI slices': notumor without a lesion, each tumour class with its own blobs; labels only."""
-    return synthetic_lesion_dataset(
-        name=NAME, split=split, seed=seed, n=64 if n is None else n, classes=CLASSES,
-        normal_classes=("notumor",), size=64, rgb=False, with_masks=False,
-    )
+# The synthetic counterpart: gray 64x64 'MRI slices': notumor without a lesion, each tumour class with its own blobs; labels only.
+make_synthetic = lesion_counterpart(NAME, CLASSES, ("notumor",), size=64, rgb=False, with_masks=False)
 
 
 SPEC = register(

@@ -46,7 +46,7 @@ from medad.data.archive import Archive
 from medad.data.base import ArchiveDataset, DatasetSpec, Entry
 from medad.data.registry import register
 from medad.data.splits import carve, grouped_carve_out
-from medad.data.synthetic import synthetic_lesion_dataset
+from medad.data.synthetic import lesion_counterpart
 from medad.errors import DataError
 
 NAME = "chest_xray"
@@ -103,12 +103,8 @@ def index_real(*, archive, split, checksum, meta, seed=0) -> ArchiveDataset:
     )
 
 
-def make_synthetic(split: str, seed: int = 0, n: int | None = None):
-    """Gray 64x64 'X-rays': NORMAL without a lesion, PNEUMONIA with blobs; labels only, like the real data."""
-    return synthetic_lesion_dataset(
-        name=NAME, split=split, seed=seed, n=64 if n is None else n, classes=CLASSES,
-        normal_classes=("NORMAL",), size=64, rgb=False, with_masks=False,
-    )
+# The synthetic counterpart: gray 64x64 'X-rays': NORMAL without a lesion, PNEUMONIA with blobs; labels only, like the real data.
+make_synthetic = lesion_counterpart(NAME, CLASSES, ("NORMAL",), size=64, rgb=False, with_masks=False)
 
 
 SPEC = register(

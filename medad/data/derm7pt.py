@@ -36,7 +36,7 @@ import pandas as pd
 from medad.data.archive import Archive
 from medad.data.base import ArchiveDataset, DatasetSpec, Entry
 from medad.data.registry import register
-from medad.data.synthetic import synthetic_lesion_dataset
+from medad.data.synthetic import lesion_counterpart
 from medad.errors import DataError
 
 NAME = "derm7pt"
@@ -105,12 +105,8 @@ def index_real(*, archive, split, checksum, meta, seed=0) -> ArchiveDataset:
     )
 
 
-def make_synthetic(split: str, seed: int = 0, n: int | None = None):
-    """RGB 64x64 'dermoscopy' images: every image has a lesion whose look depends on the class; labels only."""
-    return synthetic_lesion_dataset(
-        name=NAME, split=split, seed=seed, n=64 if n is None else n, classes=CLASSES,
-        normal_classes=(), size=64, rgb=True, with_masks=False,
-    )
+# The synthetic counterpart: RGB 64x64 'dermoscopy' images: every image has a lesion whose look depends on the class; labels only.
+make_synthetic = lesion_counterpart(NAME, CLASSES, (), size=64, rgb=True, with_masks=False)
 
 
 SPEC = register(

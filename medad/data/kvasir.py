@@ -19,7 +19,7 @@ from __future__ import annotations
 from medad.data.archive import Archive
 from medad.data.base import ArchiveDataset, DatasetSpec, Entry
 from medad.data.registry import register
-from medad.data.synthetic import synthetic_lesion_dataset
+from medad.data.synthetic import lesion_counterpart
 from medad.errors import DataError
 
 NAME = "kvasir_seg"
@@ -67,12 +67,8 @@ def index_real(*, archive, split, checksum, meta, seed=0) -> ArchiveDataset:
     )
 
 
-def make_synthetic(split: str, seed: int = 0, n: int | None = None):
-    """RGB 96x96 'endoscopy' images, each with a polyp-like blob and its exact mask."""
-    return synthetic_lesion_dataset(
-        name=NAME, split=split, seed=seed, n=64 if n is None else n, classes=CLASSES,
-        normal_classes=(), size=96, rgb=True, with_masks=True,
-    )
+# The synthetic counterpart: RGB 96x96 'endoscopy' images, each with a polyp-like blob and its exact mask.
+make_synthetic = lesion_counterpart(NAME, CLASSES, (), size=96, rgb=True, with_masks=True)
 
 
 SPEC = register(
