@@ -11,18 +11,25 @@ A chapter notebook does::
 
 and its first markdown cell shows the provenance table with the ``glue:md``
 directive (see notebooks/data_atlas.py). Each run also writes
-``provenance.json`` (and anything the chapter saves) to ``run.out_dir``.
+``provenance.json`` (and anything the chapter saves) to ``run.out_dir``, and
+``reads.json``: the medad modules the chapter imported and the archives it
+read, which the book pipeline hashes to decide when to re-execute it.
+
+In a notebook, ``ChapterRun`` also makes the kernel show medad's errors
+(bad parameters, missing data) as one line instead of a long traceback.
 """
 from __future__ import annotations
 
 import ast
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from medad import profiles, provenance
-from medad.data.registry import open_dataset, resolve_data_dir
+from medad.data.registry import get_spec, open_dataset, resolve_data_dir
+from medad.errors import show_in_notebooks
 from medad.paths import REPO_ROOT
 from medad.runtime import device_description, resolve_device, seed_everything
 
@@ -66,10 +73,25 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+READS_FILE = "reads.json"
+
+
+def imported_medad_files() -> list[str]:
+    """Source files of every imported medad module, relative to the repository when inside it."""
+    files = set()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "medad" or name.startswith("medad.")) and path:
+            path = Path(path).resolve()
+            files.add(path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path))
+    return sorted(files)
+
+
 class ChapterRun:
     """Resolves a chapter's parameters, seeds, picks the device and records provenance."""
 
     def __init__(self, chapter: str, profile: str = "quick", data_dir: str | None = None, **given):
+        show_in_notebooks()  # first: a bad parameter below is already shown as one line
         self.chapter = chapter
         self.config = profiles.resolve(chapter, profile, **given)
         self.profile = profile
@@ -115,11 +137,17 @@ class ChapterRun:
     def glue(self, name: str, value, display: bool = False) -> None:
         glue(name, value, display=display)
 
+    def reads(self) -> dict:
+        """What this execution depended on: medad's imported source files and the real archives opened."""
+        return {"modules": imported_medad_files(),
+                "archives": sorted({get_spec(d["dataset"]).manifest_key for d in self._data if d["kind"] == "real"})}
+
     def finish(self) -> dict:
         """Glue the provenance table and the time taken; write provenance.json; return the record."""
         self.record["seconds"] = round(time.perf_counter() - self._t0, 1)
         self.record["finished"] = provenance.now_utc()
         (self.out_dir / "provenance.json").write_text(json.dumps(self.record, indent=2, default=str))
+        (self.out_dir / READS_FILE).write_text(json.dumps(self.reads(), indent=1))
         from IPython.display import Markdown
 
         glue("provenance", Markdown(provenance.markdown_table(self.record)), display=False)

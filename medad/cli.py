@@ -4,14 +4,14 @@
     python -m medad chapters
     python -m medad data list [--data-dir DIR]
     python -m medad data verify [--data-dir DIR]
-    python -m medad data make-split lidc --data-dir DIR
+    python -m medad data make-split lidc --data-dir DIR [--force]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from medad.errors import MedadError
+from medad.errors import MedadError, command_line
 
 
 def _book(args) -> int:
@@ -56,8 +56,11 @@ def _data(args) -> int:
         if args.name != "lidc":
             raise MedadError("only the LIDC split is a committed file; other datasets use their own or seeded carve-outs")
         from medad.data.lidc import index_entries
-        from medad.data.splits import write_split_file
+        from medad.data.splits import split_file, write_split_file
 
+        if split_file(args.name).is_file() and not args.force:
+            raise MedadError(f"{split_file(args.name)} exists (it is the committed split every result uses); "
+                             "not overwritten: add --force to replace it")
         entries = index_entries(locate_archive("lidc", root).names())
         path = write_split_file("lidc", [e.group for e in entries], seed=args.seed)
         print(f"wrote {path}")
@@ -65,6 +68,7 @@ def _data(args) -> int:
     return 2
 
 
+@command_line("python -m medad")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,13 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("name", nargs="?", default="lidc")
     data.add_argument("--data-dir", default=None)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--force", action="store_true", help="make-split: replace an existing split file")
     data.set_defaults(func=_data)
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except MedadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":
