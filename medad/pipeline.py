@@ -223,11 +223,14 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     reason = "; ".join(reasons)
     echo(f"  {chapter}: executing ({reason}) ...")
     partial = REPO_ROOT / "build" / "executing" / f"{chapter}.ipynb"
+    partial.parent.mkdir(parents=True, exist_ok=True)
     partial.unlink(missing_ok=True)
     (run_dir / "reads.json").unlink(missing_ok=True)
     # The kernel inherits this environment: figures must render inline even where
     # MPLBACKEND=Agg is set (tests, headless shells), or the book would have no plots.
-    kernel_env = {"MEDAD_RUN_DIR": str(run_dir), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    # It also imports the medad this process runs (first on its path), whatever the environment installed.
+    kernel_env = {"MEDAD_RUN_DIR": str(run_dir), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                  "PYTHONPATH": os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)}
     saved = {k: os.environ.get(k) for k in kernel_env}
     os.environ.update(kernel_env)
     try:
@@ -279,7 +282,9 @@ def mark_failed(nb, chapter: str, error: str) -> None:
     """Put (or replace) an error admonition under the notebook's title: the book then shows the chapter as failed."""
     import nbformat
 
-    nb.cells = [c for c in nb.cells if FAILURE_TAG not in c.get("metadata", {}).get("tags", [])]
+    # papermill's own red banners (one above the title) give way to one admonition under the title
+    banners = {FAILURE_TAG, "papermill-error-cell-tag"}
+    nb.cells = [c for c in nb.cells if not banners & set(c.get("metadata", {}).get("tags", []))]
     text = error.replace("`", "'")
     cell = nbformat.v4.new_markdown_cell(
         f":::{{error}} The last execution of this chapter failed\n`{text}`\n\n"

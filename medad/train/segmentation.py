@@ -132,7 +132,8 @@ def data_fingerprint(data: dict) -> str:
 
 
 # Settings that may change between a run and its resumption: they do not alter what is trained.
-RESUMABLE_CHANGES = {"device", "checkpoint_every", "log_every", "max_minutes"}
+# (`iterations` may grow too, when the learning rates of the steps already done stay the same.)
+RESUMABLE_CHANGES = {"device", "checkpoint_every", "log_every", "max_minutes", "iterations"}
 
 
 def settings_differences(saved: dict, now: dict) -> list[str]:
@@ -149,10 +150,16 @@ def _check_resumable(ck: dict, ckpt_path: Path, model, settings: dict, model_con
     differences = []
     if ck["kind"] != getattr(model, "kind", type(model).__name__):
         differences.append(f"model: {ck['kind']} -> {getattr(model, 'kind', type(model).__name__)}")
-    differences += settings_differences(ck.get("settings", {}), settings)
+    saved = ck.get("settings", {})
+    differences += settings_differences(saved, settings)
+    if saved.get("iterations", settings["iterations"]) != settings["iterations"]:
+        before, now = (TrainSettings(**{**settings, **saved}), TrainSettings(**settings))
+        if now.iterations < ck["step"] or any(before.lr_at(k) != now.lr_at(k) for k in range(ck["step"])):
+            differences.append(f"iterations: {before.iterations} -> {now.iterations}, which changes the "
+                               f"learning rates of the {ck['step']} steps already done")
     differences += settings_differences(ck.get("model_config", {}), model_config) if "model_config" in ck else []
     if ck.get("data") != data:
-        differences.append(f"training data: {ck.get('data')} -> {data}")
+        differences.append(f"other training data ({ck.get('data')} -> {data})")
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     saved_shapes = ck.get("shapes", shapes)  # checkpoints from before shapes were stored: load_state_dict checks
     changed = sorted(k for k in set(shapes) | set(saved_shapes) if saved_shapes.get(k) != shapes.get(k))
