@@ -38,8 +38,9 @@ def full_tracebacks() -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    """``ConfigError: message`` with any line breaks of the message folded."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    """``ConfigError: message`` (just the message for a plain MedadError), line breaks folded."""
+    message = " ".join(str(exc).split())
+    return message if type(exc) is MedadError else f"{type(exc).__name__}: {message}"
 
 
 def command_line(prog: str, on_interrupt: str = "to start again, rerun"):
