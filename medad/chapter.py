@@ -29,7 +29,7 @@ from pathlib import Path
 
 from medad import profiles, provenance
 from medad.data.registry import get_spec, open_dataset, resolve_data_dir
-from medad.errors import show_in_notebooks
+from medad.errors import ConfigError, show_in_notebooks
 from medad.paths import REPO_ROOT
 from medad.runtime import device_description, resolve_device, seed_everything
 
@@ -87,11 +87,47 @@ def imported_medad_files() -> list[str]:
     return sorted(files)
 
 
+def _assigned_names(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def unknown_injected_parameters(history: list[str]) -> tuple[list[str], list[str]]:
+    """(names papermill injected that the notebook's parameters cell lacks, the names it has).
+
+    ``history`` is the kernel's input history (IPython's ``In``): papermill's injected cell
+    starts with ``# Parameters`` and runs right after the cell tagged ``parameters``.
+    """
+    for i, source in enumerate(history):
+        if i > 0 and source.startswith("# Parameters\n"):
+            declared = _assigned_names(history[i - 1])
+            if declared:
+                return sorted(_assigned_names(source) - declared), sorted(declared)
+    return [], []
+
+
+def _refuse_unknown_papermill_parameters(chapter: str) -> None:
+    """papermill only warns about a parameter the notebook does not have, and a misspelt one is then ignored."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    unknown, declared = unknown_injected_parameters(shell.user_ns.get("In", []) if shell else [])
+    if unknown:
+        raise ConfigError(f"{chapter}: unknown parameter(s) {', '.join(unknown)} given to papermill; "
+                          f"this notebook's parameters: {', '.join(declared)}")
+
+
 class ChapterRun:
     """Resolves a chapter's parameters, seeds, picks the device and records provenance."""
 
     def __init__(self, chapter: str, profile: str = "quick", data_dir: str | None = None, **given):
         show_in_notebooks()  # first: a bad parameter below is already shown as one line
+        _refuse_unknown_papermill_parameters(chapter)
         self.chapter = chapter
         self.config = profiles.resolve(chapter, profile, **given)
         self.profile = profile

@@ -287,7 +287,7 @@ def mark_failed(nb, chapter: str, error: str) -> None:
     nb.cells = [c for c in nb.cells if not banners & set(c.get("metadata", {}).get("tags", []))]
     text = error.replace("`", "'")
     cell = nbformat.v4.new_markdown_cell(
-        f":::{{error}} The last execution of this chapter failed\n`{text}`\n\n"
+        f":::{{admonition}} The last execution of this chapter failed\n:class: error\n\n`{text}`\n\n"
         f"What follows stops at the failing cell. Fix the cause and run "
         f"`python -m medad book --chapters {chapter}` (see \"When something goes wrong\" in Reproducing).\n:::"
     )

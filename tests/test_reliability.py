@@ -82,6 +82,15 @@ def test_experiment_command_line_is_validated_before_any_work(argv, words, capsy
         assert word in err, err
 
 
+def test_a_papermill_parameter_the_notebook_lacks_is_found():
+    from medad.chapter import unknown_injected_parameters
+
+    history = ["", 'profile = "quick"\nepochs = None  # passes\n', '# Parameters\nprofile = "full"\nepoch = 3\n', "x = 1"]
+    assert unknown_injected_parameters(history) == (["epoch"], ["epochs", "profile"])
+    assert unknown_injected_parameters(history[:2] + ['# Parameters\nepochs = 3\n']) == ([], ["epochs", "profile"])
+    assert unknown_injected_parameters(["", "import os"]) == ([], [])  # not run by papermill
+
+
 def test_valid_values_are_converted_and_kept():
     cfg = profiles.resolve("prob_unet", "quick", seed="3", iterations=7.0, models=["unet"], threads=None)
     assert cfg["seed"] == 3 and isinstance(cfg["iterations"], int) and cfg["iterations"] == 7
@@ -290,7 +299,7 @@ def test_failed_execution_is_shown_as_failed_and_retried(book):
     nb = nbformat.read(root / "executed" / "toy.ipynb", as_version=4)
     assert nb.cells[0].source.startswith("# Toy chapter")  # the title stays first
     banner = nb.cells[1]
-    assert pipeline.FAILURE_TAG in banner.metadata["tags"] and banner.source.startswith(":::{error}")
+    assert pipeline.FAILURE_TAG in banner.metadata["tags"] and banner.source.startswith(":::{admonition} The last execution of this chapter failed\n:class: error")
     assert "parameter 'n' = -1" in banner.source and "--chapters toy" in banner.source
     calls["behaviour"] = "ok"
     report = _build()[1]
@@ -440,3 +449,6 @@ def test_notebook_shows_medad_errors_as_one_line_and_records_its_imports(tmp_pat
     assert len(errors[0].traceback) == 2 and errors[0].traceback[0].startswith("ConfigError: data_atlas: parameter")
     assert "MEDAD_TRACEBACK=1" in errors[0].traceback[1]
     assert pipeline.FAILURE_TAG in nb.cells[1].metadata["tags"]
+
+    typo = pipeline.execute_chapter("kernel", "quick", None, extra={"samples_per_grd": 3})
+    assert typo.error.startswith("ConfigError: data_atlas: unknown parameter(s) samples_per_grd given to papermill"), typo.error
