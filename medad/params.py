@@ -79,15 +79,14 @@ def _field_type(chapter: str, param: str, spec) -> Any:
     if extra:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(SPEC_KEYS))}")
     kind = str(spec["type"]).replace(" ", "")
-    if kind == "dict[str,int]":
-        value_type = Annotated[int, BeforeValidator(_no_bool), *([at.Ge(spec["min"])] if "min" in spec else [])]
-        typ = dict[str, value_type]
-    elif kind in SCALARS:
-        typ = _element_type(kind, spec)
-    elif kind.startswith("list[") and kind[5:-1] in SCALARS and kind[5:-1] != "bool":
-        typ = Annotated[list[_element_type(kind[5:-1], spec)], BeforeValidator(_no_bare_string)]
-    else:
+    if kind not in {t.replace(" ", "") for t in TYPES}:
         raise ConfigError(f"{where}: type {spec['type']!r} is not one of {', '.join(TYPES)}")
+    if kind in SCALARS:
+        typ = _element_type(kind, spec)
+    elif kind.startswith("list["):
+        typ = Annotated[list[_element_type(kind[5:-1], spec)], BeforeValidator(_no_bare_string)]
+    else:  # dict[str, int]: the bounds apply to the counts
+        typ = dict[str, _element_type("int", {k: v for k, v in spec.items() if k != "choices"})]
     return Optional[typ] if spec.get("optional") else typ
 
 
@@ -98,22 +97,16 @@ def _model(chapter: str, schema_key: str) -> type[pydantic.BaseModel]:
     schema = profiles.schema(chapter)
     # a profile need not set every declared parameter (the chapter then uses its own default)
     fields = {name: (_field_type(chapter, name, spec), None) for name, spec in schema.items()}
-    config = pydantic.ConfigDict(extra="forbid", strict=False)
+    config = pydantic.ConfigDict(extra="forbid")
     return pydantic.create_model(f"{chapter}_parameters", __config__=config, **fields)
 
 
 def _allowed(spec: dict) -> str:
     """What a schema entry accepts, in words, for error messages and the parameter table."""
-    kind = str(spec["type"])
-    parts = [kind]
-    if "choices" in spec:
-        parts.append("one of " + ", ".join(map(str, spec["choices"])))
-    for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")):
-        if key in spec:
-            parts.append(f"{word} {spec[key]}")
-    if spec.get("optional"):
-        parts.append("or null")
-    return " ".join(parts[:1]) + (", " + ", ".join(parts[1:]) if parts[1:] else "")
+    rules = ["one of " + ", ".join(map(str, spec["choices"]))] if "choices" in spec else []
+    rules += [f"{word} {spec[key]}" for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if key in spec]
+    rules += ["or null"] if spec.get("optional") else []
+    return ", ".join([str(spec["type"]), *rules])
 
 
 def validate(chapter: str, values: dict) -> dict:
