@@ -103,6 +103,17 @@ def test_every_profile_of_every_chapter_satisfies_its_schema():
             profiles.resolve_named(chapter, name, drop=("oracle",))
 
 
+def test_every_chapter_passes_only_declared_parameters_to_chapter_run():
+    import ast
+
+    for chapter in pipeline.chapters_from_toc():
+        tree = ast.parse((pipeline.NOTEBOOKS_DIR / f"{chapter}.py").read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "ChapterRun"]
+        assert len(calls) == 1, f"{chapter}: one ChapterRun(...) expected"
+        given = {k.arg for k in calls[0].keywords} - {"profile", "data_dir"}
+        assert given <= set(profiles.schema(chapter)), f"{chapter}: {given - set(profiles.schema(chapter))} not in its schema"
+
+
 def test_schema_choices_follow_the_registries():
     from medad.backbones import REGISTRY
     from medad.data import list_datasets

@@ -6,6 +6,9 @@ Used by the chapter notebook (quick/full profiles) and by the long CPU run::
         --name long-cpu-<date> --threads 1
 
 which writes small result files (no images, no weights) under ``results/prob_unet/<name>/``.
+Its options and the profile are validated against the chapter's schema before any work; a
+rerun with the same name resumes from the checkpoints when the settings are the same and is
+refused when they differ (``--fresh`` deletes the run's checkpoints and starts again).
 
 Protocol: patient-level train/val/test split from ``data/splits/lidc.json``; every model is
 trained on a random grader's mask per slice and step, selected on the validation split
