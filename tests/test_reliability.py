@@ -194,6 +194,29 @@ def test_ctrl_c_ends_with_one_line_saying_what_to_rerun(entry, argv, patch, word
         assert word in err
 
 
+def test_kernel_handler_shows_the_error_as_one_line_then_where(monkeypatch):
+    from medad.errors import _short_notebook_error
+
+    class Shell:
+        shown = None
+
+        def _showtraceback(self, etype, value, stb):
+            self.shown = (etype, stb)
+
+    def deep():
+        raise ConfigError("prob_unet: parameter 'epochs' = 0: must be > 0")
+
+    try:
+        deep()
+    except ConfigError as exc:
+        shell = Shell()
+        _short_notebook_error(shell, ConfigError, exc, exc.__traceback__)
+    etype, stb = shell.shown
+    assert etype is ConfigError and len(stb) == 2
+    assert stb[0] == "ConfigError: prob_unet: parameter 'epochs' = 0: must be > 0"
+    assert "in deep" in stb[1] and "MEDAD_TRACEBACK=1" in stb[1]
+
+
 def test_full_tracebacks_on_request(monkeypatch):
     @command_line("prog")
     def main(argv=None):
