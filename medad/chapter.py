@@ -73,7 +73,7 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
-READS_FILE = "reads.json"
+READS_FILE = "reads.json"  # in the run folder: what ChapterRun.finish saw the chapter use (medad.pipeline hashes it)
 
 
 def imported_medad_files() -> list[str]:
@@ -137,6 +137,7 @@ class ChapterRun:
         self.out_dir = Path(os.environ.get("MEDAD_RUN_DIR") or REPO_ROOT / "runs" / f"{chapter}-{profile}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._data: list[dict] = []
+        self._archives: set[str] = set()  # manifest keys of the real archives read
         self._t0 = time.perf_counter()
         self.record = {
             "chapter": chapter,
@@ -163,6 +164,8 @@ class ChapterRun:
         """
         ds = open_dataset(name, split, self.data_dir, **kwargs)
         self.note_dataset(ds)
+        if not ds.synthetic:
+            self._archives.add(get_spec(name).manifest_key)
         return ds
 
     def note_dataset(self, ds) -> None:
@@ -175,8 +178,7 @@ class ChapterRun:
 
     def reads(self) -> dict:
         """What this execution depended on: medad's imported source files and the real archives opened."""
-        return {"modules": imported_medad_files(),
-                "archives": sorted({get_spec(d["dataset"]).manifest_key for d in self._data if d["kind"] == "real"})}
+        return {"modules": imported_medad_files(), "archives": sorted(self._archives)}
 
     def finish(self) -> dict:
         """Glue the provenance table and the time taken; write provenance.json; return the record."""

@@ -206,6 +206,8 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     import nbformat
     import papermill
 
+    from medad.chapter import READS_FILE
+
     echo = echo or (lambda line: None)
     parameters = {"profile": profile, "data_dir": str(data_dir) if data_dir else None, **(extra or {})}
     output = EXECUTED_DIR / f"{chapter}.ipynb"
@@ -225,7 +227,7 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     partial = REPO_ROOT / "build" / "executing" / f"{chapter}.ipynb"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.unlink(missing_ok=True)
-    (run_dir / "reads.json").unlink(missing_ok=True)
+    (run_dir / READS_FILE).unlink(missing_ok=True)
     # The kernel inherits this environment: figures must render inline even where
     # MPLBACKEND=Agg is set (tests, headless shells), or the book would have no plots.
     # It also imports the medad this process runs (first on its path), whatever the environment installed.
@@ -250,7 +252,7 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
             else:
                 os.environ[key] = value
     seconds = time.perf_counter() - t0
-    reads = _read_json(run_dir / "reads.json")
+    reads = _read_json(run_dir / READS_FILE)
     _write_atomic(output, nbformat.writes(nbformat.read(partial, as_version=4)))
     partial.unlink(missing_ok=True)
     # the stamp records the parts computed from what this execution read (its imports may have changed)
