@@ -105,18 +105,20 @@ def _archive_state(key: str, data_dir: Path, checksum: bool) -> str:
 
 
 def _data_parts(data_dir: Path | None, archives: list[str] | None) -> dict:
-    """The data a chapter depends on: which archives the folder holds, and checksums of those it read."""
+    """The data a chapter depends on: the manifest (chapters show its licences), which archives the
+    folder holds, and the checksums and split files of those it read."""
+    from medad.paths import DATA_MANIFEST_DIR, SPLITS_DIR
+
+    parts = {"manifest": _file_sha(DATA_MANIFEST_DIR / "manifest.yml")}
     if data_dir is None:
-        return {"data": "synthetic"}
+        return {**parts, "data": "synthetic"}
     from medad.data.registry import manifest
-    from medad.paths import SPLITS_DIR
 
     read = set(manifest()) if archives is None else set(archives)
-    parts = {"folder": str(data_dir)}
+    parts["folder"] = str(data_dir)
     for key in sorted(manifest()):
         parts[key] = _archive_state(key, data_dir, checksum=key in read)
         if key in read:
-            parts[f"{key} manifest entry"] = _sha(json.dumps(manifest()[key], sort_keys=True, default=str).encode())
             parts[f"{key} split file"] = _file_sha(SPLITS_DIR / f"{key}.json")
     return parts
 

@@ -342,6 +342,16 @@ def test_failed_execution_is_shown_as_failed_and_retried(book):
     assert not any(pipeline.FAILURE_TAG in c.metadata.get("tags", []) for c in nb.cells)
 
 
+def test_rerun_reasons_name_changed_data_and_parameters():
+    parts = {"source": "s", "profile": "p", "parameters": {"profile": "quick", "data_dir": None},
+             "data": {"manifest": "m", "lidc": "sha-new"}, "modules": {"medad/a.py": "1"}}
+    old = {**parts, "data": {"manifest": "m", "lidc": "sha-old"}, "parameters": {"profile": "full", "data_dir": None}}
+    assert pipeline.rerun_reasons({"status": "ok", "parts": parts}, parts) == []
+    assert pipeline.rerun_reasons({"status": "ok", "parts": old}, parts) == ["parameters changed: profile", "data changed: lidc"]
+    assert pipeline.rerun_reasons({"status": "failed", "parts": parts}, parts) == ["its last execution failed"]
+    assert pipeline.rerun_reasons(None, parts) == ["not executed before"]
+
+
 def test_data_part_of_the_stamp_checksums_only_archives_read(tmp_path):
     from medad.data.registry import manifest
 
@@ -352,7 +362,8 @@ def test_data_part_of_the_stamp_checksums_only_archives_read(tmp_path):
     read = pipeline._data_parts(tmp_path, ["kvasir_seg"])
     assert none_read["kvasir_seg"] == "present" and read["kvasir_seg"] == "folder:1"
     assert none_read["lidc"].startswith("unavailable: ") and "not found" in none_read["lidc"]
-    assert pipeline._data_parts(None, None) == {"data": "synthetic"}
+    synthetic = pipeline._data_parts(None, None)
+    assert synthetic["data"] == "synthetic" and synthetic["manifest"] == read["manifest"] != "missing"
 
 
 # ----------------------------------------------------------------------------- 4, 5 checkpoints
