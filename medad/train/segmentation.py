@@ -153,7 +153,8 @@ def _check_resumable(ck: dict, ckpt_path: Path, model, settings: dict, model_con
     saved = ck.get("settings", {})
     differences += settings_differences(saved, settings)
     if saved.get("iterations", settings["iterations"]) != settings["iterations"]:
-        before, now = (TrainSettings(**{**settings, **saved}), TrainSettings(**settings))
+        before = TrainSettings(**{**settings, **{k: v for k, v in saved.items() if k in settings}})
+        now = TrainSettings(**settings)
         if now.iterations < ck["step"] or any(before.lr_at(k) != now.lr_at(k) for k in range(ck["step"])):
             differences.append(f"iterations: {before.iterations} -> {now.iterations}, which changes the "
                                f"learning rates of the {ck['step']} steps already done")
