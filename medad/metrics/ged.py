@@ -31,10 +31,14 @@ Two empty masks (``empty``)
         empty-empty pairs are left out of every expectation (NaN only where a term has no
         pair left).
 
-All functions are vectorised over images x samples x graders with torch (CPU or CUDA):
-intersections are one batched matrix product of the flattened masks, exact in float32
-for masks of up to 2^24 pixels. :func:`ged_reference` is the plain per-image loop used to
-test (and time) them.
+All intersections of one image's N + M masks are the entries of one Gram matrix X X^T of
+the flattened 0/1 masks X ((N + M) x pixels); the mask sizes are its diagonal, and every
+union, IoU and expectation above follows from it with no further pass over the pixels. On
+the CPU it is computed by bit counting on masks packed 64 pixels to a word, on a GPU by one
+batched float32 product per chunk of images; both are exact integer counts (masks of up to
+2^24 pixels), so every convention gives the same numbers either way. :func:`ged_reference`
+is the plain per-image loop used to test them (benchmarks/ged_speed.py times them against
+the official code's per-pair confusion matrices).
 """
 from __future__ import annotations
 
