@@ -180,7 +180,7 @@ def _iou_from_counts(inter: torch.Tensor, size_a: torch.Tensor, size_b: torch.Te
 def pairwise_iou(a, b, empty: str = "match") -> torch.Tensor:
     """IoU of every mask in ``a`` with every mask in ``b``, image by image.
 
-    a: bool (B, Na, H, W), b: bool (B, Nb, H, W) -> float32 (B, Na, Nb).
+    a: bool (B, Na, H, W), b: bool (B, Nb, H, W) -> float32 (B, Na, Nb) on the CPU.
     Two empty masks give 1 under ``empty="match"``, NaN otherwise.
     """
     _check_empty(empty)
