@@ -149,9 +149,11 @@ def test_all_empty_chunks_give_zero_counts():
         assert not _gram([s], method=method, chunk=2).any()
 
 
-def test_gram_rejects_unknown_method_and_huge_masks():
+def test_gram_rejects_unknown_method_bad_chunks_and_huge_masks():
     with pytest.raises(ConfigError, match="method"):
         _gram([torch.zeros(1, 2, 4, 4, dtype=torch.bool)], method="loop")
+    with pytest.raises(ConfigError, match="chunk"):
+        distance_matrices(*random_sets(0), chunk=0)
     huge = torch.zeros(1, 1, 4097, 4097, dtype=torch.bool)  # 2^24 + 8,193 pixels
     with pytest.raises(ConfigError, match="2\\^24"):
         ged(huge, huge)

@@ -142,8 +142,10 @@ def _gram(stacks: list[torch.Tensor], device=None, chunk: int | None = None, met
     K = int(bounds[-1])
     if chunk is None:
         per_image = K * H * W / 8 if method == "popcount" else 4 * K * H * W
-        chunk = max(1, int((_CHUNK_BYTES if target.type != "cpu" else _CPU_CHUNK_BYTES[method]) // per_image))
-    chunk = min(chunk, B)
+        chunk = int((_CHUNK_BYTES if target.type != "cpu" else _CPU_CHUNK_BYTES[method]) // per_image)
+    elif chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of images, got {chunk}")
+    chunk = max(1, min(chunk, B))
     buffer = torch.empty(chunk * K * H * W, device=target) if method == "matmul" else None
     gram = torch.empty(B, K, K)
     for start in range(0, B, chunk):
