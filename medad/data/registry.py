@@ -28,6 +28,10 @@ from medad.paths import DATA_MANIFEST_DIR
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
+class DataDirectoryError(DataError, ConfigError):
+    """The data directory given does not exist: a bad parameter (ConfigError) about the data (DataError)."""
+
+
 def register(spec: DatasetSpec) -> DatasetSpec:
     _REGISTRY[spec.name] = spec
     return spec
@@ -62,7 +66,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     root = Path(chosen).expanduser()
     if not root.is_dir():
         source = "the data_dir / --data-dir argument" if given else "MEDAD_DATA"
-        raise DataError(
+        raise DataDirectoryError(
             f"data directory {root} (from {source}) does not exist or is not a folder; point it at the folder "
             "holding the archives, or give no data directory to run on synthetic data"
         )
@@ -143,6 +147,12 @@ def archive_status(key: str, data_dir: str | os.PathLike | None) -> ArchiveStatu
     return ArchiveStatus(key, state, f"{where}: {'sha256 ' + checksum if state == 'verified' else checksum}", archive, checksum)
 
 
+def unusable(name: str, status: ArchiveStatus, data_dir) -> DataError:
+    """The error for a dataset whose archive ``status`` is not usable: the folder, the archive expected, what is wrong."""
+    error = ChecksumError if status.state == "checksum mismatch" else DataError
+    return error(f"dataset {name!r} needs {manifest()[status.key]['archive']} in {data_dir}: {status.state}. {status.detail}")
+
+
 def dataset_status(name: str, data_dir: str | os.PathLike | None = None) -> list[ArchiveStatus]:
     """The status of every archive a registered dataset reads (two for a composed one)."""
     return [archive_status(key, data_dir) for key in get_spec(name).archive_keys]
@@ -179,8 +189,7 @@ def open_dataset(
     statuses = dataset_status(name, root)
     for status in statuses:
         if not status.usable:
-            error = ChecksumError if status.state == "checksum mismatch" else DataError
-            raise error(f"dataset {name!r} needs {manifest()[status.key]['archive']} in {root}: {status.state}. {status.detail}")
+            raise unusable(name, status, root)
     own, *extra = statuses
     kwargs = {"extra": {s.key: (s.archive, s.checksum) for s in extra}} if extra else {}
     return spec.index_real(archive=own.archive, split=split, checksum=own.checksum, meta=manifest()[own.key], seed=seed, **kwargs)
@@ -199,6 +208,6 @@ def available_real(data_dir: str | os.PathLike | None = None) -> dict[str, bool]
         statuses = dataset_status(name, root)
         broken = [s for s in statuses if s.found and not s.usable]
         if broken:
-            raise DataError(f"dataset {name!r}: {broken[0].state}. {broken[0].detail}")
+            raise unusable(name, broken[0], root)
         found[name] = all(s.usable for s in statuses)
     return found
