@@ -28,18 +28,9 @@ def _chapters(args) -> int:
     return 0
 
 
-def _data_status_line(statuses) -> str:
-    """One dataset's line in ``data list``: real (and how far verified), or why it is not real."""
-    broken = [st for st in statuses if not st.usable]
-    if broken:
-        return "NOT REAL: " + "; ".join(f"{st.key} {st.state}" for st in broken)
-    checks = sorted({"verified" if st.state == "verified" else st.checksum.split(";")[0] for st in statuses})
-    return "real, " + " + ".join(checks)
-
-
 def _data(args) -> int:
     from medad.data import dataset_status, get_spec, list_datasets, manifest, resolve_data_dir
-    from medad.data.registry import archive_status, locate_archive
+    from medad.data.registry import archive_status, describe_status, locate_archive
 
     root = resolve_data_dir(args.data_dir)  # a directory given but absent is an error here, not synthetic data
     if args.action == "list":
@@ -47,7 +38,7 @@ def _data(args) -> int:
         n_real, explained = 0, set()
         for name in list_datasets():
             statuses = dataset_status(name, root)
-            line = _data_status_line(statuses) if root else "synthetic (no data directory given)"
+            line = describe_status(statuses)
             n_real += line.startswith("real")
             print(f"{name:18s} {get_spec(name).title[:58]:58s} {line}")
             for st in statuses:

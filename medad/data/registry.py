@@ -147,6 +147,16 @@ def archive_status(key: str, data_dir: str | os.PathLike | None) -> ArchiveStatu
     return ArchiveStatus(key, state, f"{where}: {'sha256 ' + checksum if state == 'verified' else checksum}", archive, checksum)
 
 
+def describe_status(statuses: list[ArchiveStatus]) -> str:
+    """One dataset's data in a few words: "real, verified", "real, unverified (...)", "NOT REAL: <archive> <why>" or synthetic."""
+    if all(s.state == "no data directory" for s in statuses):
+        return "synthetic (no data directory given)"
+    broken = [s for s in statuses if not s.usable]
+    if broken:
+        return "NOT REAL: " + "; ".join(f"{s.key} {s.state}" for s in broken)
+    return "real, " + " + ".join(sorted({"verified" if s.state == "verified" else s.checksum.split(";")[0] for s in statuses}))
+
+
 def unusable(name: str, status: ArchiveStatus, data_dir) -> DataError:
     """The error for a dataset whose archive ``status`` is not usable: the folder, the archive expected, what is wrong."""
     error = ChecksumError if status.state == "checksum mismatch" else DataError
