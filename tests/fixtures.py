@@ -74,6 +74,25 @@ def resize(files: dict[str, bytes], name: str, size=(9, 7)) -> None:
     files[name] = mask_bytes(name, size)
 
 
+# ----------------------------------------------------------------------------- reading
+
+
+def read_unverified(monkeypatch) -> None:
+    """Fixture ZIPs cannot have the real archives' SHA-256 or size: read them as if the manifest recorded neither."""
+    from medad.data import registry
+
+    real = registry.manifest()
+    patched = {key: dict(entry, sha256=None, size=None) for key, entry in real.items()}
+    monkeypatch.setattr(registry, "manifest", lambda: patched)
+
+
+def load(name: str, split: str, root, **kwargs):
+    """A real (never synthetic) split of a fixture data directory."""
+    from medad.data import open_dataset
+
+    return open_dataset(name, split, root, synthetic=False, **kwargs)
+
+
 # ----------------------------------------------------------------------------- writing
 
 

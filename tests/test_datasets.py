@@ -17,13 +17,10 @@ OURS = ("chest_xray", "kvasir_seg", "brain_mri", "derm7pt") + tuple(fx.BMAD_FOLD
 
 @pytest.fixture(autouse=True)
 def unverified(monkeypatch):
-    """Fixture ZIPs cannot have the real archives' SHA-256: read them as if the manifest recorded none (nor a size)."""
-    patched = {key: dict(entry, sha256=None, size=None) for key, entry in REAL_MANIFEST().items()}
-    monkeypatch.setattr(registry, "manifest", lambda: patched)
+    fx.read_unverified(monkeypatch)
 
 
-def load(name, split, root, **kwargs):
-    return open_dataset(name, split, root, synthetic=False, **kwargs)
+load = fx.load
 
 
 def class_counts(ds) -> dict[str, int]:
