@@ -27,8 +27,13 @@ Masks. In a pixel-level sub-dataset every Ungood image needs its mask (same
 file name under ``anomaly_mask/``; threshold 127) and a good image gets an
 all-false mask, as MVFA scores it; the other sub-datasets have no masks
 (``Sample.mask`` is None). Groups: ``<vol>_<slice>`` names (BraTS, LiTS, RESC)
--> the volume, ``<CLASS>-<patient>-<k>`` (OCT2017) -> the patient, otherwise
-the image itself; prefixed with the folder (``Brain_AD/00124``).
+-> the volume, ``<CLASS>-<patient>-<k>`` (OCT2017) -> the patient,
+``TCGA_XX_YYYY_DATE_<slice>`` -> the TCGA patient, otherwise the image
+itself; prefixed with the folder (``Brain_AD/00124``).
+
+The same reader serves any dataset laid out this way under its own top folder
+(a :class:`Sub` with ``top`` set and ``folder`` empty, registered with
+:func:`spec_for`): :mod:`medad.data.lgg` reads ``lgg-brain-ad.zip`` so.
 """
 from __future__ import annotations
 
