@@ -39,15 +39,17 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return np.asarray(gray.resize((THUMB, THUMB), Image.BOX), dtype=np.float32).ravel()
 
 
-def pair_distances(thumbs: np.ndarray) -> np.ndarray:
-    """(N, N) mean absolute difference between thumbnails, row by row (an (N, N, 256) array would not fit for large N)."""
-    return np.stack([np.abs(thumbs - row).mean(axis=1) for row in thumbs]) if len(thumbs) else np.zeros((0, 0))
-
-
 def near_duplicate_pairs(thumbs: np.ndarray, threshold: float = THRESHOLD) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose thumbnails differ by less than ``threshold`` gray levels."""
-    close = np.triu(pair_distances(thumbs) < threshold, k=1)
-    return [(int(i), int(j)) for i, j in zip(*np.nonzero(close))]
+    """Index pairs (i < j) whose thumbnails differ by less than ``threshold`` gray levels.
+
+    Row by row, keeping only the pairs: an (N, N) distance matrix would not fit
+    for the full HyperKvasir release (10,662 labelled frames).
+    """
+    pairs = []
+    for i in range(len(thumbs) - 1):
+        close = np.abs(thumbs[i + 1:] - thumbs[i]).mean(axis=1) < threshold
+        pairs += [(i, i + 1 + int(j)) for j in np.flatnonzero(close)]
+    return pairs
 
 
 def components(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
