@@ -243,7 +243,7 @@ for name in [n for n in lesion_names if n != "hyperkvasir_normal"]:
     display(Markdown(f"**{test.display_name}**: images per class and split"))
     display(atlas.class_balance(splits))
     stats = atlas.image_statistics(test, lesion_n, run.seed)
-    display(stats.groupby("class")[["height", "width", "mean", "std", "mask_fraction"]].mean().round(3)
+    display(stats.groupby("class")[["height", "width", "mean", "std", "mask_fraction"]].mean().round(3).reindex(list(test.classes))
             .rename(columns={"mean": "mean intensity (0-255)", "std": "contrast (std)", "mask_fraction": "mask share of the image"}))
 
 # %% [markdown]
