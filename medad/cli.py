@@ -29,28 +29,45 @@ def _chapters(args) -> int:
 
 
 def _data(args) -> int:
-    from medad.data import available_real, get_spec, list_datasets, manifest, resolve_data_dir
-    from medad.data.registry import archive_checksum, locate_archive
+    from medad.data import dataset_status, get_spec, list_datasets, manifest, resolve_data_dir
+    from medad.data.registry import archive_status, describe_status, locate_archive
 
-    root = resolve_data_dir(args.data_dir)
+    root = resolve_data_dir(args.data_dir)  # a directory given but absent is an error here, not synthetic data
     if args.action == "list":
-        found = available_real(root)
+        print(f"data directory: {root}" if root else "no data directory given (--data-dir or MEDAD_DATA): every dataset is synthetic")
+        n_real, explained = 0, set()
         for name in list_datasets():
-            spec = get_spec(name)
-            where = "real archive found" if found[name] else "synthetic (archive not in data dir)"
-            print(f"{name:16s} {spec.title[:60]:60s} {where}")
+            statuses = dataset_status(name, root)
+            line = describe_status(statuses)
+            n_real += line.startswith("real")
+            print(f"{name:18s} {get_spec(name).title[:58]:58s} {line}")
+            for st in statuses:
+                if root and not st.usable and st.key not in explained:  # why, once per archive
+                    explained.add(st.key)
+                    print(f"{'':18s}   {st.detail}")
+        found = {st.key for name in list_datasets() for st in dataset_status(name, root) if st.usable}
+        print(f"{n_real} of {len(list_datasets())} datasets real, from {len(found)} of {len(manifest())} archives")
         return 0
     if root is None:
         raise MedadError("no data directory: pass --data-dir or set MEDAD_DATA")
     if args.action == "verify":
-        bad = 0
-        for key, entry in manifest().items():
-            try:
-                archive = locate_archive(key, root)
-                print(f"{key:12s} ok  {archive_checksum(archive, key)}  {archive.path}")
-            except MedadError as exc:
-                bad += 1
-                print(f"{key:12s} --  {exc}")
+        failed, found = [], 0
+        for key in manifest():
+            st = archive_status(key, root)
+            found += st.found
+            if st.usable:
+                print(f"{'ok' if st.state == 'verified' else 'UNVERIFIED':10s} {key:18s} {st.detail}")
+            elif st.found:
+                failed.append(st)
+                print(f"{'FAILED':10s} {key:18s} {st.state}: {st.detail}")
+            else:
+                print(f"{'missing':10s} {key:18s} {manifest()[key]['archive']} not in {root}")
+        if failed:
+            print(f"error: {len(failed)} archive(s) failed: " + ", ".join(f"{st.key} ({st.state})" for st in failed), file=sys.stderr)
+            return 1
+        if not found:
+            print(f"error: no archive of data/manifest.yml found in {root}", file=sys.stderr)
+            return 1
         return 0
     if args.action == "make-split":
         if args.name != "lidc":

@@ -1,0 +1,5 @@
+"""Report plumbing of the chapters: tables, figures and glue that a reader does not need to see.
+
+One module per chapter (``medad.reports.<chapter>``); the notebooks call them from
+cells tagged ``remove-input`` or ``hide-input``.
+"""
