@@ -262,3 +262,24 @@ def test_derm7pt_fixture_runs_with_its_symptoms(tmp_path, monkeypatch):
     out = vx.run_experiment(cfg, root, tmp_path / "state", progress=False, log=lambda *_: None)
     table = __import__("pandas").DataFrame(out["rows"])
     assert set(table.dataset) == {"derm7pt"} and len(table) == 12
+
+
+def test_long_run_writes_a_tidy_committed_run(tmp_path, monkeypatch):
+    from medad.results import load_run
+
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    cfg = _cfg(settings=["main", "knowledge"], seeds=[1], epochs=1, schedule="tiny test schedule",
+               backbones=[TinyBackbone()], limits={"tiny-test": {"settings": ["main"]}})
+    monkeypatch.setattr(vx, "profile_config", lambda profile: cfg)
+    folder = vx.run_long("tiny", None, "unit-run", 1, tmp_path / "results", tmp_path / "state")
+    run = load_run("vip", "unit-run", tmp_path / "results")
+    assert run.kind == "long-cpu" and run.provenance["schedule"] == "tiny test schedule"
+    assert set(run.table.setting) == {"main"}  # the limit left out the knowledge setting
+    assert {"code_sha256", "commit", "data", "seconds"} <= set(run.provenance)
+    attention = __import__("pandas").read_csv(folder / "attention.csv")
+    assert set(attention["class"]) == {"NORMAL", "PNEUMONIA"} and np.allclose(attention.groupby("class").weight.sum(), 1, atol=1e-4)
+    plan = vx.plan({**cfg, "backbones": ["a", "b"], "limits": {"b": {"datasets": ["x"], "settings": ["main"]}},
+                    "datasets": ["x", "y"], "settings": ["main", "ablation"], "seeds": [1, 2], "ablation_seeds": [1]})
+    assert plan[0][:2] == ("x", "a") and plan[-1][1] == "b" and {d for d, b, *_ in plan if b == "b"} == {"x"}
+    assert [s for d, b, k, s in plan if (d, b, k) == ("y", "a", "cop")] == [1]
+    assert [s for d, b, k, s in plan if (d, b, k) == ("y", "a", "vip")] == [1, 2]

@@ -337,18 +337,18 @@ def settings_from(cfg: dict) -> TrainSettings:
 
 
 def plan(cfg: dict) -> list[tuple[str, str, str, int]]:
-    """The (dataset, backbone, method, seed) runs of ``cfg``, the main comparison first (so it finishes first).
+    """The (dataset, backbone, method, seed) runs of ``cfg``: per backbone, the main comparison first.
 
     ``limits`` (optional) restricts a backbone to some datasets and settings; ``ablation_seeds`` (optional) are
     the seeds of the methods that only the ablation settings need (default: ``seeds``).
     """
     limits = cfg.get("limits") or {}
     main_first = []
-    for phase in ("main", "rest"):
-        for dataset in cfg["datasets"]:
-            for bb in cfg["backbones"]:
-                name = bb if isinstance(bb, str) else bb.name
-                lim = limits.get(name, {})
+    for bb in cfg["backbones"]:  # the first backbone's every setting before the next backbone's
+        name = bb if isinstance(bb, str) else bb.name
+        lim = limits.get(name, {})
+        for phase in ("main", "rest"):
+            for dataset in cfg["datasets"]:
                 if dataset not in lim.get("datasets", cfg["datasets"]):
                     continue
                 keys = methods_for([s for s in cfg["settings"] if s in lim.get("settings", cfg["settings"])])
