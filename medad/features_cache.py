@@ -173,9 +173,10 @@ def split_features(backbone, dataset: str, split: str, data_dir=None, max_images
 
     ds = open_dataset(dataset, split, data_dir)
     subset = "all"
-    if max_images is not None and max_images < len(ds):
-        if not hasattr(ds, "subset"):
-            raise DataError(f"{ds.display_name}/{split}: max_images={max_images} needs a real (archive) dataset")
+    if ds.synthetic and max_images is not None:  # synthetic data: generate just as many images
+        ds = open_dataset(dataset, split, data_dir, n=max_images)
+        subset = f"n{max_images}"
+    elif max_images is not None and max_images < len(ds):
         ds = ds.subset(stratified_subset(ds.labels, max_images, subset_seed).tolist())
         subset = f"n{max_images}-s{subset_seed}"
     return image_features(backbone, ds, subset=subset, **kwargs)

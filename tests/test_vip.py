@@ -283,3 +283,19 @@ def test_long_run_writes_a_tidy_committed_run(tmp_path, monkeypatch):
     assert plan[0][:2] == ("x", "a") and plan[-1][1] == "b" and {d for d, b, *_ in plan if b == "b"} == {"x"}
     assert [s for d, b, k, s in plan if (d, b, k) == ("y", "a", "cop")] == [1]
     assert [s for d, b, k, s in plan if (d, b, k) == ("y", "a", "vip")] == [1, 2]
+
+
+def test_a_run_cut_short_is_tabulated_and_labelled_partial(tmp_path, monkeypatch):
+    from medad.results import load_run
+
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    cfg = _cfg(settings=["main"], seeds=[1, 2], epochs=1, schedule="s", backbones=[TinyBackbone()])
+    monkeypatch.setattr(vx, "profile_config", lambda profile: dict(cfg))
+    vx.run_long("tiny", None, "full", 1, tmp_path / "results", tmp_path / "state")
+    (tmp_path / "state" / "full" / "chest_xray__tiny-test__vip__2.json").unlink()  # as if cut short before it
+    vx.run_long("tiny", None, "full", 1, tmp_path / "results", tmp_path / "state", finished_only=True)
+    run = load_run("vip", "full", tmp_path / "results")
+    assert run.provenance["schedule"] == "s; PARTIAL: 8 of 9 runs finished"
+    vip = run.table[run.table.method.str.startswith("ViP")]
+    assert (vip.seeds == 1).all()
+    assert not (tmp_path / "state" / "full" / "chest_xray__tiny-test__vip__2.json").exists()  # nothing was trained

@@ -362,8 +362,10 @@ def plan(cfg: dict) -> list[tuple[str, str, str, int]]:
     return main_first
 
 
-def run_experiment(cfg: dict, data_dir, state_dir: Path, progress: bool = True, log=print) -> dict:
+def run_experiment(cfg: dict, data_dir, state_dir: Path, progress: bool = True, log=print, finished_only: bool = False) -> dict:
     """Every run of :func:`plan`; each finished run is saved in ``state_dir`` (JSON) and skipped on resume.
+
+    finished_only: tabulate the runs already finished in ``state_dir`` and run nothing (a run cut short).
 
     Returns {"rows": tidy rows, "attention": MeP weights of ViP per seed, "records": {(dataset, backbone): runs}}.
     """
@@ -380,6 +382,8 @@ def run_experiment(cfg: dict, data_dir, state_dir: Path, progress: bool = True, 
         done = state_dir / f"{dataset}__{bb_name}__{key}__{seed}.json"
         if done.is_file():
             records[combo].append(json.loads(done.read_text()))
+            continue
+        if finished_only:
             continue
         if bb_name not in backbones:
             backbones[bb_name] = given.get(bb_name) or load_backbone(bb_name)
@@ -400,6 +404,8 @@ def run_experiment(cfg: dict, data_dir, state_dir: Path, progress: bool = True, 
         log(f"{dataset} {bb_name} {key} seed {seed}: acc {rec['accuracy']:.3f} f1 {rec['macro_f1']:.3f} ({rec['seconds']} s)")
     all_rows, attention = [], []
     for (dataset, bb_name), recs in records.items():
+        if not recs:  # nothing finished for this pair (finished_only)
+            continue
         for rec in recs:
             for a in rec.get("attention", []):
                 attention.append({"dataset": dataset, "backbone": bb_name, "seed": rec["seed"], **a})
@@ -451,7 +457,8 @@ def profile_config(profile: str) -> dict:
     return dict(data[profile])
 
 
-def run_long(profile: str, data_dir, name: str, threads: int, root: Path, state_root: Path) -> Path:
+def run_long(profile: str, data_dir, name: str, threads: int, root: Path, state_root: Path,
+             finished_only: bool = False) -> Path:
     import pandas as pd
 
     from medad import provenance
@@ -461,10 +468,13 @@ def run_long(profile: str, data_dir, name: str, threads: int, root: Path, state_
 
     torch.set_num_threads(threads)
     cfg = profile_config(profile)
-    started, t0, digest = provenance.now_utc(), time.perf_counter(), code_digest()
-    out = run_experiment(cfg, data_dir, state_root / name)
+    started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), provenance.git_commit()
+    out = run_experiment(cfg, data_dir, state_root / name, finished_only=finished_only)
+    n_done, n_planned = sum(len(r) for r in out["records"].values()), len(plan(cfg))
+    if n_done < n_planned:
+        cfg["schedule"] += f"; PARTIAL: {n_done} of {n_planned} runs finished"
     data = [open_dataset(d, s, data_dir).provenance() for d in cfg["datasets"] for s in ("train", "val", "test")]
-    prov = {"kind": "long-cpu", "schedule": cfg["schedule"], "profile": profile, "commit": provenance.git_commit(),
+    prov = {"kind": "long-cpu", "schedule": cfg["schedule"], "profile": profile, "commit": commit,
             "code_sha256": digest, "device": device_description("cpu"), "threads": threads,
             "backbones": cfg["backbones"], "seeds": cfg["seeds"], "data": data, "config": cfg,
             "started": started, "finished": provenance.now_utc(), "seconds": round(time.perf_counter() - t0, 1),
@@ -484,8 +494,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--state", default=str(REPO_ROOT / "runs" / "vip-state"),
                     help="per-run results and checkpoints (not committed); a rerun with the same name resumes")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="write the table from the runs already finished (a run cut short); train nothing")
     args = ap.parse_args(argv)
-    folder = run_long(args.profile, args.data_dir, args.name, args.threads, RESULTS_DIR, Path(args.state))
+    folder = run_long(args.profile, args.data_dir, args.name, args.threads, RESULTS_DIR, Path(args.state), args.finished_only)
     print(f"results written to {folder}")
 
 
