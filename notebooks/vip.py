@@ -59,6 +59,7 @@ import time
 import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -151,9 +152,8 @@ if headline is not None and (headline.path / "attention.csv").is_file():
     first_bb = att["backbone"].iloc[0]
     for ds_name in att["dataset"].unique():
         part = att[(att.dataset == ds_name) & (att.backbone == first_bb)]
-        fig = report.attention_figure(part, f"Merge Prompt attention, {report.DATASET_NAMES.get(ds_name, ds_name)} ({first_bb}, {headline.name})")
-        display(fig)
-        fig.clf()
+        report.attention_figure(part, f"Merge Prompt attention, {report.DATASET_NAMES.get(ds_name, ds_name)} ({first_bb}, {headline.name})")
+        plt.show()
 
 # %% [markdown]
 # ## The method
@@ -224,19 +224,17 @@ test = vx.evaluate(model, feats["test"].features, feats["test"].labels)
 for c, name in enumerate(symptoms.classes):
     run.glue(f"test_n_{name}", int((feats["test"].labels == c).sum()))
 sim_table = report.symptom_similarity_table(model, feats["test"].features, feats["test"].labels, symptoms)
-fig = report.symptom_similarity_figure(sim_table, f"Per-symptom similarity, chest X-ray test images ({profile} profile, {backbone.name})")
-display(fig)
-fig.clf()
+report.symptom_similarity_figure(sim_table, f"Per-symptom similarity, chest X-ray test images ({profile} profile, {backbone.name})")
+plt.show()
 
 # %% [markdown]
 # Where the class representations sit among the images: a t-SNE of the unit
 # image features of the test images together with $s_c$ (stars).
 
 # %% tags=["remove-input"]
-fig = report.embedding_figure(model, feats["test"].features, feats["test"].labels, symptoms.class_names(),
+report.embedding_figure(model, feats["test"].features, feats["test"].labels, symptoms.class_names(),
                               f"Test image features and class representations s_c ({profile} profile)")
-display(fig)
-fig.clf()
+plt.show()
 
 # %% [markdown]
 # ## Re-executing this chapter
