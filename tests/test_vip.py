@@ -299,3 +299,20 @@ def test_a_run_cut_short_is_tabulated_and_labelled_partial(tmp_path, monkeypatch
     vip = run.table[run.table.method.str.startswith("ViP")]
     assert (vip.seeds == 1).all()
     assert not (tmp_path / "state" / "full" / "chest_xray__tiny-test__vip__2.json").exists()  # nothing was trained
+
+
+def test_report_tables_show_each_backbone_and_the_reported_numbers():
+    from medad.reports import vip as report
+    from medad.results import load_reported, row
+
+    rows = [row("chest_xray", "main", "ViP (CoP + MeP) [a]", "accuracy", 0.8, 0.7, 0.9, 3, 624),
+            row("chest_xray", "main", "ViP (CoP + MeP) [b]", "accuracy", 0.6, 0.5, 0.7, 3, 624),
+            row("chest_xray", "main", "ViP (CoP + MeP) [mean of 2 backbones]", "accuracy", 0.7, seeds=3, n=624),
+            row("chest_xray", "ablation", "+ CoP (mean over symptoms) [a]", "accuracy", 0.75, seeds=1, n=624)]
+    table = report.setting_table(rows, "main")
+    assert table.shape == (3, 1) and table.iloc[0, 0] == "80.0 (70.0–90.0)" and table.iloc[2, 0] == "70.0"
+    comparison = report.reported_comparison(rows, load_reported("vip"))
+    chest = comparison[(comparison.dataset.str.startswith("chest")) & (comparison.metric == "accuracy")].iloc[0]
+    assert chest["here: a"] == "80.0 (70.0–90.0)" and chest["reported (3 CLIP backbones)"] == "86.7"
+    assert (comparison.dataset == "Derm7pt").sum() == 2  # reported, not run here
+    assert report.value(rows, "chest_xray", "ablation", "+ CoP") == 0.75 and np.isnan(report.value(rows, "x", "main", "y"))
