@@ -105,13 +105,23 @@ else:
     display(report.setting_table(rows, "main"))
 
 # %% [markdown]
-# Side by side with the paper (reported: the mean of three CLIP backbones;
-# Pneumonia there is 4,710 / 522 / 624 train / val / test images, here the
-# validation split is a 10 % patient carve-out of the official training folder
-# and the long run trains on a stratified subset of it; Derm7pt needs its
-# release and is not in this run):
+# Side by side with the paper (reported: the mean of three CLIP backbones).
+# The paper's Pneumonia split is {glue:text}`paper_train:,` / {glue:text}`paper_val:,` /
+# {glue:text}`paper_test:,` train / val / test images; here validation is a
+# patient-level carve-out of the official training folder ({glue:text}`here_val:,`
+# images), the same {glue:text}`here_test:,` test images, and the long run
+# trains on a stratified subset of {glue:text}`here_train:,` training images.
+# Derm7pt needs its release and is not in this run.
 
 # %% tags=["remove-input"]
+for key, n in report.PAPER_PNEUMONIA_SPLITS.items():
+    run.glue(f"paper_{key}", n)
+long_cfg = headline.provenance.get("config", {}) if headline is not None else {}
+long_sizes = {d["split"]: d["n"] for d in (headline.provenance.get("data", []) if headline is not None else [])
+              if d["dataset"] == "chest_xray"}
+run.glue("here_val", int(long_sizes.get("val", 0)))
+run.glue("here_test", int(long_sizes.get("test", 0)))
+run.glue("here_train", int(long_cfg.get("train_images") or long_sizes.get("train", 0)))
 if headline is not None:
     display(report.reported_comparison(rows, reported))
     chest = "chest_xray"

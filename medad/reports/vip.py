@@ -9,6 +9,8 @@ from torch.nn import functional as F
 from medad.results import format_interval
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+# The paper's Pneumonia split (Fang et al. 2024, Sec. 3.1; xiaofang007/ViP DATA/Pneumonia): 9:1 of the official train folder.
+PAPER_PNEUMONIA_SPLITS = {"train": 4710, "val": 522, "test": 624}
 DATASET_NAMES = {"chest_xray": "chest X-ray (Pneumonia)", "brain_mri": "brain MRI (4 classes)", "derm7pt": "Derm7pt"}
 
 
@@ -66,9 +68,13 @@ def attention_figure(attention: pd.DataFrame, title: str):
     import matplotlib.pyplot as plt
 
     classes = list(dict.fromkeys(attention["class"]))
-    fig, axes = plt.subplots(1, len(classes), figsize=(3.2 * len(classes) + 2.5, 0.38 * attention.groupby("class").size().max() + 1.6),
-                             squeeze=False)
-    for ax, c in zip(axes[0], classes):
+    ncols = min(2, len(classes))
+    nrows = -(-len(classes) // ncols)
+    per_panel = 0.32 * attention.groupby("class")["symptom"].nunique().max() + 1.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, per_panel * nrows + 0.6), squeeze=False)
+    for ax in axes.ravel()[len(classes):]:
+        ax.axis("off")
+    for ax, c in zip(axes.ravel(), classes):
         part = attention[attention["class"] == c].groupby("symptom", sort=False)["weight"].agg(["mean", "min", "max"])
         y = np.arange(len(part))
         ax.barh(y, part["mean"], xerr=[part["mean"] - part["min"], part["max"] - part["mean"]], color="#4363d8", capsize=2)
