@@ -126,7 +126,7 @@ def image_features(backbone, ds, *, subset: str = "all", batch_size: int = 32, r
         except Exception:  # a broken partial file only costs recomputation
             done = []
     start = int(sum(len(d) for d in done))
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(ids), initial=start, desc=f"features {backbone.name} {ds.name}/{ds.split}",
                disable=not progress, leave=False)

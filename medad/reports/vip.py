@@ -136,14 +136,14 @@ def embedding_figure(model, features: torch.Tensor, labels: np.ndarray, class_na
     perplexity = float(min(30, max(5, (len(points) - 1) // 4)))
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(points)
     img, cls = xy[: len(features)], xy[len(features):]
-    fig, ax = plt.subplots(figsize=(6.2, 4.8))
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for c, name in enumerate(class_names):
         ax.scatter(*img[labels == c].T, s=8, alpha=0.5, color=colours[c % len(colours)], label=f"images: {name}")
         ax.scatter(*cls[c], s=260, marker="*", edgecolor="black", color=colours[c % len(colours)], label=f"s_c: {name}")
     ax.set_xlabel("t-SNE 1 (no unit)")
     ax.set_ylabel("t-SNE 2 (no unit)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -144,7 +144,7 @@ def train_prompts(model: PromptClassifier, train: CachedFeatures, val: CachedFea
     Resumes from ``checkpoint`` (written after every epoch) when it exists. Returns the history
     (val accuracy per epoch), the best epoch and its validation accuracy; ``model`` ends in the best state.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     params = model.trainable()
     opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
