@@ -316,3 +316,24 @@ def test_report_tables_show_each_backbone_and_the_reported_numbers():
     assert chest["here: a"] == "80.0 (70.0–90.0)" and chest["reported (3 CLIP backbones)"] == "86.7"
     assert (comparison.dataset == "Derm7pt").sum() == 2  # reported, not run here
     assert report.value(rows, "chest_xray", "ablation", "+ CoP") == 0.75 and np.isnan(report.value(rows, "x", "main", "y"))
+
+
+@pytest.mark.slow
+def test_vip_on_random_weight_clip(tmp_path):
+    """Real CLIP through open_clip, RANDOM weights (none exist offline): the same code path end to end."""
+    import warnings
+
+    from medad.backbones import BackboneWarning, load_backbone
+    from medad.data import open_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackboneWarning)
+        clip = load_backbone("clip-vit-b-16", pretrained=None, image_size=64, seed=0)
+    ds = open_dataset("chest_xray", "val", synthetic=True, n=6)
+    feats = image_features(clip, ds, root=tmp_path, progress=False)
+    assert feats.features.shape == (6, clip.embed_dim)
+    model = PromptClassifier(clip, load_symptoms("chest_xray").per_class(), context=4, aggregate="merge")
+    assert model.context.vectors.shape == (4, clip.text_width)
+    model.loss(feats.features, torch.as_tensor(feats.labels)).backward()
+    assert model.context.vectors.grad.abs().sum() > 0 and model.merge.q.weight.grad.abs().sum() > 0
+    assert model.predict_logits(feats.features).shape == (6, 2)
