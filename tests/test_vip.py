@@ -84,7 +84,7 @@ def test_merge_prompt_is_the_papers_equation():
         assert torch.allclose(reps[c], g + a @ t[c], atol=1e-6)
         assert torch.allclose(weights[c], a, atol=1e-6) and abs(float(weights[c].sum().detach()) - 1) < 1e-6
     assert mep.q.bias is None and mep.k.bias is None
-    assert 0.005 < float(mep.tokens.std()) < 0.05  # N(0, 0.02^2)
+    assert 0.005 < float(mep.tokens.detach().std()) < 0.05  # N(0, 0.02^2)
 
 
 def test_logits_are_scaled_cosines_and_only_prompts_learn():
