@@ -127,12 +127,18 @@ def symptom_similarity_figure(table: pd.DataFrame, title: str):
 
 @torch.no_grad()
 def embedding_figure(model, features: torch.Tensor, labels: np.ndarray, class_names, title: str, seed: int = 0):
-    """t-SNE of unit image features together with the class representations s_c (stars)."""
+    """t-SNE of unit image features together with the class representations s_c (stars).
+
+    Text and image features of a joint space sit apart (the "modality gap"), so every s_c would land
+    on one far-away spot; the s_c are shifted by the difference of the two modalities' means first.
+    """
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
     reps, _ = model.class_representations()
-    points = torch.cat([F.normalize(features, dim=-1), F.normalize(reps, dim=-1)]).numpy()
+    images, texts = F.normalize(features, dim=-1), F.normalize(reps, dim=-1)
+    texts = texts - texts.mean(0) + images.mean(0)
+    points = torch.cat([images, texts]).numpy()
     perplexity = float(min(30, max(5, (len(points) - 1) // 4)))
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(points)
     img, cls = xy[: len(features)], xy[len(features):]
