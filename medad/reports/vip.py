@@ -1,0 +1,155 @@
+"""Plumbing of the ViP chapter: tables from tidy rows, the reported comparison, and the three figures."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from medad.results import format_interval
+
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+# The paper's Pneumonia split (Fang et al. 2024, Sec. 3.1; xiaofang007/ViP DATA/Pneumonia): 9:1 of the official train folder.
+PAPER_PNEUMONIA_SPLITS = {"train": 4710, "val": 522, "test": 624}
+DATASET_NAMES = {"chest_xray": "chest X-ray (Pneumonia)", "brain_mri": "brain MRI (4 classes)", "derm7pt": "Derm7pt"}
+
+
+def _cells(table: pd.DataFrame, percent: bool = True) -> pd.Series:
+    return pd.Series([format_interval(v, lo, hi, digits=1, percent=percent)
+                      for v, lo, hi in zip(table["value"], table["ci_low"], table["ci_high"])], index=table.index)
+
+
+def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.DataFrame:
+    """One setting as a page-wide table: a row per method (and backbone), a column per dataset and metric, in %."""
+    table = pd.DataFrame(rows)
+    table = table[table["setting"] == setting].copy()
+    if table.empty:
+        return pd.DataFrame()
+    table["cell"] = _cells(table)
+    table["column"] = [f"{DATASET_NAMES.get(d, d)}: {METRIC_NAMES.get(m, m)}" for d, m in zip(table["dataset"], table["metric"])]
+    wide = table.pivot_table(index="method", columns="column", values="cell", aggfunc="first", sort=False).fillna("–")
+    wide.columns.name = None
+    wide.index.name = "method (backbone), % with 95% interval"
+    return wide
+
+
+def reported_comparison(rows, reported: pd.DataFrame, method_prefix: str = "ViP (CoP + MeP)") -> pd.DataFrame:
+    """ViP's numbers here (each backbone and their mean) next to the paper's, per dataset and metric, in %."""
+    ours = pd.DataFrame(rows)
+    ours = ours[(ours["setting"] == "main") & ours["method"].str.startswith(method_prefix)]
+    rep = reported[(reported["setting"] == "main") & reported["method"].str.startswith(method_prefix)]
+    out = []
+    for (dataset, metric), group in ours.groupby(["dataset", "metric"], sort=False):
+        line = {"dataset": DATASET_NAMES.get(dataset, dataset), "metric": METRIC_NAMES.get(metric, metric)}
+        for _, r in group.iterrows():
+            label = r["method"][len(method_prefix):].strip(" []") or "this run"
+            line[f"here: {label}"] = format_interval(r["value"], r["ci_low"], r["ci_high"], digits=1, percent=True)
+        theirs = rep[(rep["dataset"] == dataset) & (rep["metric"] == metric)]
+        line["reported (3 CLIP backbones)"] = (format_interval(theirs["value"].iloc[0], digits=1, percent=True)
+                                                if len(theirs) else "– (not in the paper)")
+        out.append(line)
+    for _, r in rep.iterrows():  # datasets the paper has and this run has not (Derm7pt without release_v0)
+        if r["dataset"] not in set(ours["dataset"]):
+            out.append({"dataset": DATASET_NAMES.get(r["dataset"], r["dataset"]), "metric": METRIC_NAMES.get(r["metric"], r["metric"]),
+                        "reported (3 CLIP backbones)": format_interval(r["value"], digits=1, percent=True)})
+    return pd.DataFrame(out).fillna("– (not run)")
+
+
+def value(rows, dataset: str, setting: str, method_prefix: str, metric: str = "accuracy") -> float:
+    """One number of a tidy table (first match of a method prefix); NaN when absent."""
+    table = pd.DataFrame(rows)
+    hit = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["metric"] == metric)
+                & table["method"].str.startswith(method_prefix)]
+    return float(hit["value"].iloc[0]) if len(hit) else float("nan")
+
+
+def attention_figure(attention: pd.DataFrame, title: str):
+    """MeP's attention weight of every symptom (rows) of every class (panels), mean over seeds."""
+    import matplotlib.pyplot as plt
+
+    classes = list(dict.fromkeys(attention["class"]))
+    ncols = min(2, len(classes))
+    nrows = -(-len(classes) // ncols)
+    per_panel = 0.32 * attention.groupby("class")["symptom"].nunique().max() + 1.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, per_panel * nrows + 0.6), squeeze=False)
+    for ax in axes.ravel()[len(classes):]:
+        ax.axis("off")
+    for ax, c in zip(axes.ravel(), classes):
+        part = attention[attention["class"] == c].groupby("symptom", sort=False)["weight"].agg(["mean", "min", "max"])
+        y = np.arange(len(part))
+        ax.barh(y, part["mean"], xerr=[part["mean"] - part["min"], part["max"] - part["mean"]], color="#4363d8", capsize=2)
+        ax.axvline(1 / len(part), color="grey", ls=":", lw=1)
+        ax.set_yticks(y, [s if len(s) < 46 else s[:44] + "…" for s in part.index], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("attention weight (uniform = dotted)")
+        ax.set_title(c, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def symptom_similarity_table(model, features: torch.Tensor, labels: np.ndarray, symptoms) -> pd.DataFrame:
+    """Mean cosine of test images with each (context-prompted) symptom, by true class and right/wrong prediction."""
+    sims = model.symptom_similarities(features).numpy()
+    pred = model.predict_logits(features).argmax(1).numpy()
+    texts = [(c, s) for c in symptoms.classes for s in symptoms.symptoms[c]]
+    rows = []
+    for true in range(len(symptoms.classes)):
+        for right in (True, False):
+            sel = (labels == true) & ((pred == labels) == right)
+            if not sel.any():
+                continue
+            for j, (c, s) in enumerate(texts):
+                rows.append({"true class": symptoms.classes[true], "prediction": "right" if right else "wrong", "n": int(sel.sum()),
+                             "symptom class": c, "symptom": s, "similarity": float(sims[sel, j].mean())})
+    return pd.DataFrame(rows)
+
+
+def symptom_similarity_figure(table: pd.DataFrame, title: str):
+    """The paper's case study as a heat map: symptoms (rows) against groups of test images (columns)."""
+    import matplotlib.pyplot as plt
+
+    table = table.assign(group=[f"{t}, {p} (n={n})" for t, p, n in zip(table["true class"], table["prediction"], table["n"])],
+                         label=[f"[{c}] {s}" if len(s) < 44 else f"[{c}] {s[:42]}…" for c, s in zip(table["symptom class"], table["symptom"])])
+    grid = table.pivot_table(index="label", columns="group", values="similarity", sort=False)
+    centred = grid.sub(grid.mean(axis=1), axis=0)  # per symptom: which image groups match it more than average
+    fig, ax = plt.subplots(figsize=(1.3 * grid.shape[1] + 4.5, 0.3 * grid.shape[0] + 1.8))
+    lim = float(np.nanmax(np.abs(centred.values))) or 1.0
+    im = ax.imshow(centred.values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
+    ax.set_xticks(range(grid.shape[1]), grid.columns, fontsize=7, rotation=30, ha="right")
+    fig.colorbar(im, ax=ax, label="cosine minus the symptom's mean over groups")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def embedding_figure(model, features: torch.Tensor, labels: np.ndarray, class_names, title: str, seed: int = 0):
+    """t-SNE of unit image features together with the class representations s_c (stars).
+
+    Text and image features of a joint space sit apart (the "modality gap"), so every s_c would land
+    on one far-away spot; the s_c are shifted by the difference of the two modalities' means first.
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    reps, _ = model.class_representations()
+    images, texts = F.normalize(features, dim=-1), F.normalize(reps, dim=-1)
+    texts = texts - texts.mean(0) + images.mean(0)
+    points = torch.cat([images, texts]).numpy()
+    perplexity = float(min(30, max(5, (len(points) - 1) // 4)))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(points)
+    img, cls = xy[: len(features)], xy[len(features):]
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for c, name in enumerate(class_names):
+        ax.scatter(*img[labels == c].T, s=8, alpha=0.5, color=colours[c % len(colours)], label=f"images: {name}")
+        ax.scatter(*cls[c], s=260, marker="*", edgecolor="black", color=colours[c % len(colours)], label=f"s_c: {name}")
+    ax.set_xlabel("t-SNE 1 (no unit)")
+    ax.set_ylabel("t-SNE 2 (no unit)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
