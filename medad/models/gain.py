@@ -12,7 +12,7 @@ Attention map (Grad-CAM, Selvaraju et al. ICCV 2017, as GAIN does)::
 
     alpha_k^c = 1/(h w) sum_ij dy_c / dF_k(i, j)  =  w_{c,k} / (h w)       (exact for a GAP + linear head)
     A^c       = ReLU( sum_k alpha_k^c F_k )                                 (h x w)
-    Â^c       = up(A^c) / (max up(A^c) + eps)                               (H x W, in [0, 1])
+    Â^c       = (up(A^c) - min up(A^c)) / (max up(A^c) - min up(A^c) + eps)   (H x W, in [0, 1])
 
 so it is computed in closed form, differentiable in both ``F`` and ``w`` (GAIN back-propagates
 through it), without a second backward pass. ``up`` is bilinear up-sampling to the image size.
@@ -152,11 +152,12 @@ class AttentionClassifier(nn.Module):
         return self.head(self.features(images))
 
     def attention_from(self, feats: torch.Tensor, size: tuple[int, int], cls: int = LESION) -> torch.Tensor:
-        """Â^cls (B, H, W) in [0, 1] from features F: Grad-CAM weights w_cls / (h w), ReLU, up-sample, max-normalise."""
+        """Â^cls (B, H, W) in [0, 1] from features F: Grad-CAM weights w_cls / (h w), ReLU, up-sample, min-max scale."""
         h, w = feats.shape[-2:]
         cam = F.relu(torch.einsum("bkij,k->bij", feats, self.fc.weight[cls]) / (h * w))
         cam = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-        return cam / (cam.flatten(1).amax(1).view(-1, 1, 1) + 1e-7)
+        low = cam.flatten(1).amin(1).view(-1, 1, 1)
+        return (cam - low) / (cam.flatten(1).amax(1).view(-1, 1, 1) - low + 1e-7)  # as Grad-CAM's scale_cam_image
 
     def attention(self, images: torch.Tensor, cls: int = LESION) -> torch.Tensor:
         return self.attention_from(self.features(images), tuple(images.shape[-2:]), cls)

@@ -272,7 +272,8 @@ def grad_cam_maps(model: AttentionClassifier, trunk: torch.Tensor, size: int, ba
             small = cam(input_tensor=z, targets=[ClassifierOutputTarget(LESION)] * len(z))  # at the trunk's grid
             up = F.interpolate(torch.from_numpy(small).float().unsqueeze(1), size=(size, size), mode="bilinear",
                                align_corners=False).squeeze(1)
-            maps.append((up / (up.flatten(1).amax(1).view(-1, 1, 1) + 1e-7)).numpy())
+            low = up.flatten(1).amin(1).view(-1, 1, 1)
+            maps.append(((up - low) / (up.flatten(1).amax(1).view(-1, 1, 1) - low + 1e-7)).numpy())
     return np.concatenate(maps)
 
 
@@ -310,14 +311,15 @@ def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict
     def validate():
         return roc_auc(val["labels"], lesion_probability(model, trunks["val"]))
 
-    tag = f"{method}-{cfg['arch']}-{seed}-{cfg['image_size']}-{cfg['frozen_stages']}-{cfg['cls_epochs']}-{fingerprint(train['images'])}"
+    # the schedule's length is not in the tag: a finished run can be resumed to more epochs
+    tag = f"{method}-{cfg['arch']}-{seed}-{cfg['image_size']}-{cfg['frozen_stages']}-{cfg['cls_lr']}-{fingerprint(train['images'])}"
     ck = checkpoint_dir / f"cls-{method}-seed{seed}.pt" if checkpoint_dir else None
     info = fit(model, batch_loss, len(labels), validate, epochs=cfg["cls_epochs"], batch_size=cfg["cls_batch_size"],
                lr=cfg["cls_lr"], seed=seed, checkpoint=ck, tag=tag, progress=progress, desc=f"{method} seed {seed}")
     return model, info
 
 
-def evaluate_classifier(model: AttentionClassifier, test: dict, trunks: dict, cfg: dict) -> dict:
+def evaluate_classifier(model: AttentionClassifier, test: dict, trunks: dict, cfg: dict) -> tuple[dict, dict]:
     """Test metrics, attention scores on lesion images and the two shortcut checks (per-image arrays kept)."""
     from medad.metrics.classification import binary_report
 
@@ -402,7 +404,7 @@ def train_segmenter(cfg: dict, variant: str, seed: int, data: dict, checkpoint_d
     def validate():
         return float(np.nanmean(segmentation_scores(*predict_masks(model, val, size))["dice"]))
 
-    tag = f"{variant}-{seed}-{size}-{tuple(cfg['seg_channels'])}-{cfg['seg_epochs']}-{fingerprint(train['images'])}"
+    tag = f"{variant}-{seed}-{size}-{tuple(cfg['seg_channels'])}-{cfg['seg_lr']}-{fingerprint(train['images'])}"
     ck = checkpoint_dir / f"seg-{variant}-seed{seed}.pt" if checkpoint_dir else None
     info = fit(model, batch_loss, len(train["images"]), validate, epochs=cfg["seg_epochs"], batch_size=cfg["seg_batch_size"],
                lr=cfg["seg_lr"], seed=seed, checkpoint=ck, tag=tag, progress=progress, desc=f"{variant} seed {seed}")
