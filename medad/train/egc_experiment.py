@@ -482,6 +482,7 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
     per_seed: dict[str, list[dict]] = {}
     keep: dict = {}
     timing: dict[str, float] = {}
+    histories: dict[str, list] = {}
     for method in cfg["cls_methods"]:
         for seed in cfg["seeds"]:
             model, info = train_classifier(cfg, method, seed, cls, trunks, checkpoint_dir, progress)
@@ -489,6 +490,7 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
             scores.update(best_epoch=info["best_epoch"], val_auc=info["best_val"], seconds=info["seconds"])
             per_seed.setdefault(method, []).append(scores)
             timing[f"cls-{method}-seed{seed}"] = info["seconds"]
+            histories[f"cls-{method}-seed{seed}"] = info["history"]
             if seed == cfg["seeds"][0]:
                 keep[method] = {"model": model, **arrays}
     rows = []
@@ -506,6 +508,7 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
             scores = segmentation_scores(*predict_masks(model, seg["test"], cfg["seg_size"]))
             seg_scores.setdefault(variant, []).append(scores)
             timing[f"seg-{variant}-seed{seed}"] = info["seconds"]
+            histories[f"seg-{variant}-seed{seed}"] = info["history"]
             if seed == cfg["seg_seeds"][0]:
                 seg_models[variant] = model
     n_seg = len(seg["test"]["images"])
@@ -525,7 +528,7 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
             rows.append(row(STANDIN[CLS_DATASET], "test, two-stage",
                             f"GAIN then {SEG_METHODS[variant]} (first seeds)", metric, est.mean, est.low, est.high, 1, est.n))
     return {"rows": rows, "per_seed": per_seed, "seg_per_seed": seg_scores, "keep": keep, "seg_models": seg_models,
-            "pipeline": pipeline, "data": data, "cached": cached, "timing": timing, "config": cfg}
+            "pipeline": pipeline, "data": data, "cached": cached, "timing": timing, "histories": histories, "config": cfg}
 
 
 def two_stage(prob: np.ndarray, segmenter, test: dict, cfg: dict) -> dict:
