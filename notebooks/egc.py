@@ -53,6 +53,8 @@ long_run = None          # folder under results/egc/ to show as the headline; No
 # %% tags=["remove-input"]
 import warnings
 
+from tqdm import TqdmWarning
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -70,6 +72,7 @@ cfg = run.config
 if cfg.get("threads"):
     torch.set_num_threads(int(cfg["threads"]))
 warnings.filterwarnings("ignore", category=UserWarning, module="monai")
+warnings.filterwarnings("ignore", category=TqdmWarning)  # no ipywidgets in the book build: plain bars, no warning
 reported = load_reported("egc")
 headline = headline_run("egc", long_run)
 
@@ -108,8 +111,9 @@ run.glue("r_gain_acc", report.value(reported, "GAIN", "accuracy"))
 run.glue("r_ca_iou", report.value(reported, "CA-U-Net", "iou"))
 h_label = headline.name if headline is not None else "no run"
 display(report.classification_table(h_table, reported, h_label).style.hide(axis="index")
-        .set_caption("Classification on the test split: our headline run (STAND-IN data) and the numbers reported "
-                     "on other data (reported, not comparable)."))
+        .set_caption("Classification on the test split: our headline run (STAND-IN data: lower-GI polyps vs normal "
+                     "colon frames, not gastric cancer) and numbers reported on other data (not comparable). Sources: "
+                     + report.sources(reported, report.CLS_COLUMNS)))
 
 # %% [markdown]
 # **Does the attention go to the lesion, and does the classifier need it?**
@@ -140,8 +144,9 @@ display(report.attention_table(h_table).style.hide(axis="index")
 
 # %% tags=["remove-input"]
 display(report.segmentation_table(h_table, reported, h_label).style.hide(axis="index")
-        .set_caption("Segmentation: pixel accuracy (PA), IoU and Dice on Kvasir-SEG test (STAND-IN: colon polyps), "
-                     "next to reported numbers on other data or protocols."))
+        .set_caption("Segmentation: pixel accuracy (PA), IoU and Dice on Kvasir-SEG test (STAND-IN: colon polyps, not "
+                     "gastric cancer), next to numbers reported on other data or protocols. Sources: "
+                     + report.sources(reported, report.SEG_COLUMNS)))
 display(report.pipeline_table(h_table).style.hide(axis="index")
         .set_caption("The two-stage pipeline on endoscopy_ad test (STAND-IN): classify with GAIN, segment what is "
                      "called a lesion with CA-U-Net."))
@@ -181,7 +186,7 @@ images = torch.rand(2, 3, cfg["image_size"], cfg["image_size"])                 
 masks = torch.zeros(2, cfg["image_size"], cfg["image_size"], dtype=torch.bool)
 masks[1, 40:80, 40:80] = True                                                   # image 1 is a lesion with this mask
 terms = model.loss(torch.tensor([0, 1]), masks, images=images)
-{k: round(float(v), 4) for k, v in terms.items()}
+{k: round(float(v.detach()), 4) for k, v in terms.items()}
 
 # %% [markdown]
 # **CA-U-Net.** A U-Net from MONAI blocks, with CBAM after every encoder level

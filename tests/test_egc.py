@@ -184,3 +184,35 @@ def test_fit_resumes_to_the_same_weights(tmp_path):
     with pytest.raises(ConfigError, match="another model"):
         E.fit(whole, lambda i, r: {}, 4, lambda: 0.0, epochs=1, batch_size=2, lr=1e-3, seed=0,
               checkpoint=ck / "seg-ca-unet-seed0.pt", tag="other", progress=False)
+
+
+# ----------------------------------------------------------------------------- profiles and report tables
+
+
+def test_profiles_are_declared_in_the_schema():
+    from medad import profiles
+
+    table = profiles.load("egc")
+    for name in ("quick", "full", "long_cpu"):
+        assert set(table[name]) <= set(table["schema"]), name
+        assert set(table[name]) == set(table["quick"]), name
+    assert "3 seeds" in E.schedule_text(E.profile_config("long_cpu"))
+    with pytest.raises(ConfigError, match="profile must be one of"):
+        E.profile_config("schema")
+
+
+def test_report_tables_name_the_standin_and_keep_reported_apart():
+    import pandas as pd
+
+    from medad.reports import egc as report
+    from medad.results import load_reported, row, rows_over_seeds
+
+    rows = [rows_over_seeds(E.STANDIN[E.CLS_DATASET], "test", "GAIN (EfficientNet-Lite0, ImageNet)", "accuracy", [0.9, 0.92, 0.94], 200),
+            row(E.STANDIN[E.SEG_DATASET], "test", "CA-U-Net", "iou", 0.5, 0.45, 0.55, 1, 100)]
+    table = pd.DataFrame(rows)
+    cls = report.classification_table(table, load_reported("egc"), "run-x")
+    assert cls.loc[0, "Accuracy"] == "0.920 (0.870–0.970)" and "STAND-IN" in cls.loc[0, "Data"]
+    assert cls["Method"].str.endswith("(reported)").sum() == len(cls) - 1
+    seg = report.segmentation_table(table, load_reported("egc"), "run-x")
+    assert seg.loc[0, "IoU"] == "0.500 (0.450–0.550)" and "STAND-IN" in seg.loc[0, "Data"]
+    assert report.value(table, "CA-U-Net", "iou") == 0.5 and np.isnan(report.value(table, "U-Net", "iou"))

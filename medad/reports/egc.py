@@ -37,14 +37,14 @@ def _cells(table: pd.DataFrame, columns: dict, digits: int = 3) -> pd.DataFrame:
 def classification_table(ours: pd.DataFrame, reported: pd.DataFrame | None, label: str) -> pd.DataFrame:
     """Our classifiers (``label`` names the run) and the paper's reported rows, one row per method."""
     mine = _cells(ours[ours["dataset"] == STANDIN[CLS_DATASET]], CLS_COLUMNS)
-    mine.insert(1, "Data", f"{label}: {STANDIN[CLS_DATASET]}")
+    mine.insert(1, "Data", f"{label}: endoscopy_ad STAND-IN")
     rows = [mine]
     if reported is not None:
         rep = reported[reported["metric"].isin(CLS_COLUMNS) & ~reported["dataset"].str.startswith("Kvasir")]
-        for (dataset, source), part in rep.groupby(["dataset", "source"], sort=False):
+        for dataset, part in rep.groupby("dataset", sort=False):
             cells = _cells(part, CLS_COLUMNS)
             cells["Method"] = cells["Method"] + " (reported)"
-            cells.insert(1, "Data", f"{dataset}; {source}")
+            cells.insert(1, "Data", dataset)
             rows.append(cells)
     return pd.concat(rows, ignore_index=True).fillna("–")
 
@@ -55,16 +55,22 @@ def attention_table(ours: pd.DataFrame) -> pd.DataFrame:
 
 def segmentation_table(ours: pd.DataFrame, reported: pd.DataFrame | None, label: str) -> pd.DataFrame:
     mine = _cells(ours[(ours["dataset"] == STANDIN[SEG_DATASET]) & (ours["setting"] == "test")], SEG_COLUMNS)
-    mine.insert(1, "Data", f"{label}: {STANDIN[SEG_DATASET]}")
+    mine.insert(1, "Data", f"{label}: Kvasir-SEG STAND-IN")
     rows = [mine]
     if reported is not None:
         rep = reported[reported["metric"].isin(SEG_COLUMNS)]
-        for (dataset, source), part in rep.groupby(["dataset", "source"], sort=False):
+        for dataset, part in rep.groupby("dataset", sort=False):
             cells = _cells(part, SEG_COLUMNS)
             cells["Method"] = cells["Method"] + " (reported)"
-            cells.insert(1, "Data", f"{dataset}; {source}")
+            cells.insert(1, "Data", dataset)
             rows.append(cells)
     return pd.concat(rows, ignore_index=True).fillna("–")
+
+
+def sources(reported: pd.DataFrame, metrics: dict) -> str:
+    """One line per reported data set: where its numbers come from (for a table's caption)."""
+    rep = reported[reported["metric"].isin(metrics)].drop_duplicates(["dataset", "source"])
+    return "; ".join(f"{d}: {s}" for d, s in zip(rep["dataset"], rep["source"]))
 
 
 def pipeline_table(ours: pd.DataFrame) -> pd.DataFrame:
@@ -100,7 +106,7 @@ def example_figure(result: dict, n: int = 4, title_data: str = STANDIN[CLS_DATAS
             viz.show_image(axes[r, c], image, columns[c] if r == 0 else "")
             axes[r, c].imshow(kept["maps"][r], cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axes[r, c].contour(test["masks"][i].astype(float), levels=[0.5], colors=["white"], linewidths=0.8)
-            axes[r, c].set_xlabel(f"P(lesion) {kept['prob'][i]:.2f}")
+            axes[r, c].text(2, image.shape[0] - 4, f"P(lesion) {kept['prob'][i]:.2f}", color="white", fontsize=7)
         if pipeline:
             c = len(columns) - 1
             pred = pipeline["pred"][i]
@@ -134,5 +140,6 @@ def training_curves(result: dict):
     axes[1].set(title="Segmenters (Kvasir-SEG STAND-IN)", xlabel="epoch", ylabel="validation Dice")
     for ax in axes:
         ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
