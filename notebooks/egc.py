@@ -110,10 +110,10 @@ for key, prefix, metric in [("h_gain_acc", "GAIN", "accuracy"), ("h_gain_auc", "
 run.glue("r_gain_acc", report.value(reported, "GAIN", "accuracy"))
 run.glue("r_ca_iou", report.value(reported, "CA-U-Net", "iou"))
 h_label = headline.name if headline is not None else "no run"
-display(report.classification_table(h_table, reported, h_label).style.hide(axis="index")
-        .set_caption("Classification on the test split: our headline run (STAND-IN data: lower-GI polyps vs normal "
-                     "colon frames, not gastric cancer) and numbers reported on other data (not comparable). Sources: "
-                     + report.sources(reported, report.CLS_COLUMNS)))
+report.show(report.classification_table(h_table, reported, h_label),
+            "Classification on the test split: our headline run (STAND-IN data: lower-GI polyps vs normal "
+            "colon frames, not gastric cancer) and numbers reported on other data (not comparable). Sources: "
+            + report.sources(reported, report.CLS_COLUMNS))
 
 # %% [markdown]
 # **Does the attention go to the lesion, and does the classifier need it?**
@@ -129,9 +129,9 @@ display(report.classification_table(h_table, reported, h_label).style.hide(axis=
 # confidence there; one that keeps it is reading something else in the frame.
 
 # %% tags=["remove-input"]
-display(report.attention_table(h_table).style.hide(axis="index")
-        .set_caption("Attention and shortcut checks on the test split of the STAND-IN (endoscopy_ad: lower-GI polyps "
-                     "vs normal colon frames); mean over seeds (95% t-interval)."))
+report.show(report.attention_table(h_table),
+            "Attention and shortcut checks on the test split of the STAND-IN (endoscopy_ad: lower-GI polyps "
+            "vs normal colon frames); mean over seeds (95% t-interval).")
 
 # %% [markdown]
 # **Segmentation ablation.** Same budget for the four networks, the epoch with
@@ -143,13 +143,13 @@ display(report.attention_table(h_table).style.hide(axis="index")
 # and far longer GPU training (reported rows).
 
 # %% tags=["remove-input"]
-display(report.segmentation_table(h_table, reported, h_label).style.hide(axis="index")
-        .set_caption("Segmentation: pixel accuracy (PA), IoU and Dice on Kvasir-SEG test (STAND-IN: colon polyps, not "
-                     "gastric cancer), next to numbers reported on other data or protocols. Sources: "
-                     + report.sources(reported, report.SEG_COLUMNS)))
-display(report.pipeline_table(h_table).style.hide(axis="index")
-        .set_caption("The two-stage pipeline on endoscopy_ad test (STAND-IN): classify with GAIN, segment what is "
-                     "called a lesion with CA-U-Net."))
+report.show(report.segmentation_table(h_table, reported, h_label),
+            "Segmentation: pixel accuracy (PA), IoU and Dice on Kvasir-SEG test (STAND-IN: colon polyps, not "
+            "gastric cancer), next to numbers reported on other data or protocols. Sources: "
+            + report.sources(reported, report.SEG_COLUMNS))
+report.show(report.pipeline_table(h_table),
+            "The two-stage pipeline on endoscopy_ad test (STAND-IN): classify with GAIN, segment what is "
+            "called a lesion with CA-U-Net.")
 
 # %% [markdown]
 # ## The method
@@ -238,12 +238,12 @@ run.glue("n_seg_train", int(len(result["data"]["seg"]["train"]["images"])))
 run.glue("seg_px", int(cfg["seg_size"]))
 run.glue("weights_source", result["cached"]["weights_source"])
 label = f"this build ({profile} profile, smoke-sized)"
-display(report.classification_table(quick, None, label).style.hide(axis="index")
-        .set_caption("This build's quick-profile classification numbers (smoke-sized)."))
-display(report.attention_table(quick).style.hide(axis="index")
-        .set_caption("This build: attention and shortcut checks (smoke-sized)."))
-display(report.segmentation_table(quick, None, label).style.hide(axis="index")
-        .set_caption("This build: segmentation ablation (smoke-sized)."))
+report.show(report.classification_table(quick, None, label),
+            "This build's quick-profile classification numbers (smoke-sized).")
+report.show(report.attention_table(quick),
+            "This build: attention and shortcut checks (smoke-sized).")
+report.show(report.segmentation_table(quick, None, label),
+            "This build: segmentation ablation (smoke-sized).")
 
 # %% tags=["remove-input"]
 fig = report.example_figure(result, n=3)

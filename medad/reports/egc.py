@@ -34,19 +34,22 @@ def _cells(table: pd.DataFrame, columns: dict, digits: int = 3) -> pd.DataFrame:
     return wide.fillna("–").reset_index().rename(columns={"method": "Method"})
 
 
-def classification_table(ours: pd.DataFrame, reported: pd.DataFrame | None, label: str) -> pd.DataFrame:
-    """Our classifiers (``label`` names the run) and the paper's reported rows, one row per method."""
-    mine = _cells(ours[ours["dataset"] == STANDIN[CLS_DATASET]], CLS_COLUMNS)
-    mine.insert(1, "Data", f"{label}: endoscopy_ad STAND-IN")
+def _ours_and_reported(ours: pd.DataFrame, reported: pd.DataFrame | None, columns: dict, data: str) -> pd.DataFrame:
+    mine = _cells(ours, columns)
+    mine.insert(1, "Data", data)
     rows = [mine]
-    if reported is not None:
-        rep = reported[reported["metric"].isin(CLS_COLUMNS) & ~reported["dataset"].str.startswith("Kvasir")]
-        for dataset, part in rep.groupby("dataset", sort=False):
-            cells = _cells(part, CLS_COLUMNS)
-            cells["Method"] = cells["Method"] + " (reported)"
-            cells.insert(1, "Data", dataset)
-            rows.append(cells)
+    for dataset, part in ([] if reported is None else reported[reported["metric"].isin(columns)].groupby("dataset", sort=False)):
+        cells = _cells(part, columns)
+        cells["Method"] = cells["Method"] + " (reported)"
+        cells.insert(1, "Data", dataset)
+        rows.append(cells)
     return pd.concat(rows, ignore_index=True).fillna("–")
+
+
+def classification_table(ours: pd.DataFrame, reported: pd.DataFrame | None, label: str) -> pd.DataFrame:
+    """Our classifiers (``label`` names the run) and the reported rows, one row per method."""
+    return _ours_and_reported(ours[ours["dataset"] == STANDIN[CLS_DATASET]], reported, CLS_COLUMNS,
+                              f"{label}: endoscopy_ad STAND-IN")
 
 
 def attention_table(ours: pd.DataFrame) -> pd.DataFrame:
@@ -54,17 +57,15 @@ def attention_table(ours: pd.DataFrame) -> pd.DataFrame:
 
 
 def segmentation_table(ours: pd.DataFrame, reported: pd.DataFrame | None, label: str) -> pd.DataFrame:
-    mine = _cells(ours[(ours["dataset"] == STANDIN[SEG_DATASET]) & (ours["setting"] == "test")], SEG_COLUMNS)
-    mine.insert(1, "Data", f"{label}: Kvasir-SEG STAND-IN")
-    rows = [mine]
-    if reported is not None:
-        rep = reported[reported["metric"].isin(SEG_COLUMNS)]
-        for dataset, part in rep.groupby("dataset", sort=False):
-            cells = _cells(part, SEG_COLUMNS)
-            cells["Method"] = cells["Method"] + " (reported)"
-            cells.insert(1, "Data", dataset)
-            rows.append(cells)
-    return pd.concat(rows, ignore_index=True).fillna("–")
+    mine = ours[(ours["dataset"] == STANDIN[SEG_DATASET]) & (ours["setting"] == "test")]
+    return _ours_and_reported(mine, reported, SEG_COLUMNS, f"{label}: Kvasir-SEG STAND-IN")
+
+
+def show(table: pd.DataFrame, caption: str) -> None:
+    """Display a table without its index, with a caption."""
+    from IPython.display import display
+
+    display(table.style.hide(axis="index").set_caption(caption))
 
 
 def sources(reported: pd.DataFrame, metrics: dict) -> str:

@@ -616,15 +616,7 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_ro
             "seconds": round(time.perf_counter() - t0, 1), "parameters": cfg, "data": opened,
             "weights": result["cached"]["weights_source"], "timing_seconds": result["timing"],
             "per_seed": result["per_seed"], "environment": provenance.environment()}
-    return write_run(CHAPTER, name, result["rows"], json.loads(json.dumps(prov, default=_json_default)), root=out_root)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+    return write_run(CHAPTER, name, result["rows"], json.loads(json.dumps(prov, default=str)), root=out_root)
 
 
 def main(argv=None) -> None:
