@@ -118,6 +118,10 @@ def to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def blank_overlays(images: np.ndarray, boxes=OVERLAY_BOXES) -> np.ndarray:
     """A copy with the on-screen overlay regions set to black."""
     out = images.copy()
@@ -233,14 +237,15 @@ def trunk_outputs(model: AttentionClassifier, images: np.ndarray, batch_size: in
     model.eval()
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False, mininterval=5):
-        out.append(model.trunk(to_float(images[start: start + batch_size])))
-    return torch.cat(out)
+        out.append(model.trunk(to_float(images[start: start + batch_size]).to(device_of(model))).cpu())
+    return torch.cat(out)  # kept on the CPU; batches go to the model's device
 
 
 @torch.no_grad()
 def lesion_probability(model: AttentionClassifier, trunk: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     model.eval()
-    probs = [torch.softmax(model.head(model.features_from_trunk(trunk[s: s + batch_size])), 1)[:, LESION]
+    dev = device_of(model)
+    probs = [torch.softmax(model.head(model.features_from_trunk(trunk[s: s + batch_size].to(dev))), 1)[:, LESION].cpu()
              for s in range(0, len(trunk), batch_size)]
     return torch.cat(probs).numpy()
 
@@ -268,7 +273,7 @@ def grad_cam_maps(model: AttentionClassifier, trunk: torch.Tensor, size: int, ba
     maps = []
     with GradCAM(model=_TrunkToLogits(model), target_layers=[model.feature_layer]) as cam:
         for s in range(0, len(trunk), batch_size):
-            z = trunk[s: s + batch_size]
+            z = trunk[s: s + batch_size].to(device_of(model))
             small = cam(input_tensor=z, targets=[ClassifierOutputTarget(LESION)] * len(z))  # at the trunk's grid
             up = F.interpolate(torch.from_numpy(small).float().unsqueeze(1), size=(size, size), mode="bilinear",
                                align_corners=False).squeeze(1)
@@ -296,6 +301,8 @@ def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict
 
     model = build_classifier(cfg["arch"], method, pretrained=cfg.get("weights_file") or True, image_size=cfg["image_size"],
                              seed=seed, frozen_stages=cfg["frozen_stages"])
+    dev = torch.device(cfg.get("_device", "cpu"))
+    model.to(dev)
     train, val = data["train"], data["val"]
     labels = torch.from_numpy(train["labels"])
     masks = torch.from_numpy(train["masks"])
@@ -306,7 +313,7 @@ def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict
         idx = torch.from_numpy(index)
         batch = torch.where(flip.view(-1, 1, 1, 1), z_flip[idx], z[idx])
         mk = torch.where(flip.view(-1, 1, 1), masks[idx].flip(-1), masks[idx])
-        return model.loss(labels[idx], mk, trunk=batch)
+        return model.loss(labels[idx].to(dev), mk.to(dev), trunk=batch.to(dev))
 
     def validate():
         return roc_auc(val["labels"], lesion_probability(model, trunks["val"]))
@@ -347,9 +354,9 @@ CLS_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "a
 # ----------------------------------------------------------------------------- segmentation
 
 
-def seg_batch(data: dict, index, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    images = to_float(data["images"][index])
-    masks = torch.from_numpy(np.ascontiguousarray(data["masks"][index])).long()
+def seg_batch(data: dict, index, size: int | None = None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    images = to_float(data["images"][index]).to(device)
+    masks = torch.from_numpy(np.ascontiguousarray(data["masks"][index])).long().to(device)
     if size and images.shape[-1] != size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         masks = F.interpolate(masks.unsqueeze(1).float(), size=(size, size), mode="nearest").squeeze(1).long()
@@ -363,9 +370,9 @@ def predict_masks(model, data: dict, size: int | None = None, batch_size: int = 
     index = np.arange(len(data["images"])) if index is None else np.asarray(index)
     preds, trues = [], []
     for s in range(0, len(index), batch_size):
-        images, masks = seg_batch(data, index[s: s + batch_size], size)
-        preds.append(model(images).argmax(1).bool().numpy())
-        trues.append(masks.bool().numpy())
+        images, masks = seg_batch(data, index[s: s + batch_size], size, device_of(model))
+        preds.append(model(images).argmax(1).bool().cpu().numpy())
+        trues.append(masks.bool().cpu().numpy())
     if not preds:
         return np.zeros((0, 1, 1), bool), np.zeros((0, 1, 1), bool)
     return np.concatenate(preds), np.concatenate(trues)
@@ -391,12 +398,13 @@ def segmentation_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndar
 def train_segmenter(cfg: dict, variant: str, seed: int, data: dict, checkpoint_dir: Path | None = None,
                     progress: bool = True):
     """Train one ablation network with pixel-wise cross-entropy; select on validation Dice."""
-    model = build_segmenter(variant, cfg["seg_channels"], seed=seed)
+    dev = torch.device(cfg.get("_device", "cpu"))
+    model = build_segmenter(variant, cfg["seg_channels"], seed=seed).to(dev)
     train, val, size = data["train"], data["val"], cfg["seg_size"]
 
     def batch_loss(index, rng):
-        images, masks = seg_batch(train, index, size)
-        flip = torch.from_numpy(rng.random(len(index)) < 0.5)
+        images, masks = seg_batch(train, index, size, dev)
+        flip = torch.from_numpy(rng.random(len(index)) < 0.5).to(dev)
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
         return {"loss": F.cross_entropy(model(images), masks)}
@@ -451,7 +459,7 @@ def load_data(cfg: dict, open_dataset, progress: bool = True) -> dict:
 def compute_trunks(cfg: dict, cls: dict, progress: bool = True) -> dict:
     """The frozen trunk's outputs for every image set the classifiers see (the trunk is the same for all)."""
     probe = build_classifier(cfg["arch"], "plain", pretrained=cfg.get("weights_file") or True, image_size=cfg["image_size"],
-                             frozen_stages=cfg["frozen_stages"])
+                             frozen_stages=cfg["frozen_stages"]).to(cfg.get("_device", "cpu"))
     test = cls["test"]
     sets = {"train": cls["train"]["images"], "train_flip": cls["train"]["images"][:, :, ::-1],
             "val": cls["val"]["images"], "test": test["images"], "test_blanked": blank_overlays(test["images"]),
@@ -474,7 +482,10 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
     from medad.metrics.bootstrap import bootstrap_ci
     from medad.results import row, rows_over_seeds
 
+    from medad.runtime import resolve_device
+
     cfg = check_config(dict(cfg))
+    cfg["_device"] = resolve_device(cfg.get("device") or "cpu")  # models and batches go there; arrays stay on the CPU
     data = data or load_data(cfg, open_dataset, progress)
     cls, seg = data["cls"], data["seg"]
     cached = compute_trunks(cfg, cls, progress)
@@ -610,8 +621,10 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_ro
         return ds
 
     result = run_experiment(cfg, open_ds, checkpoint_dir=Path(checkpoint_root), progress=True)
-    prov = {"kind": "long-cpu" if profile == "long_cpu" else "cpu", "schedule": schedule_text(cfg), "profile": profile,
-            "commit": commit, "code_sha256": digest, "device": device_description("cpu"), "threads": threads,
+    dev = result["config"]["_device"]
+    kind = "long-cpu" if profile == "long_cpu" else ("gpu-full" if profile == "full" and dev.startswith("cuda") else "cpu")
+    prov = {"kind": kind, "schedule": schedule_text(cfg), "profile": profile,
+            "commit": commit, "code_sha256": digest, "device": device_description(dev), "threads": threads,
             "seed": cfg["seed"], "started": started, "finished": provenance.now_utc(),
             "seconds": round(time.perf_counter() - t0, 1), "parameters": cfg, "data": opened,
             "weights": result["cached"]["weights_source"], "timing_seconds": result["timing"],
