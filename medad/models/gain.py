@@ -22,8 +22,8 @@ Losses, with P the lesion images (label 1) that have a mask M (normal images get
     L_cls = CE(y, label)                                                   (mean over the batch)
     L_att = 1/|P| sum_{n in P} mean_pixels (Â^1_n - M_n)^2                 (the paper's MSE term)
     L_am  = 1/|P| sum_{n in P} softmax(f(I*_n))_1,
-            I* = I - T(Â^1) * I,  T(Â) = sigmoid(omega (Â - sigma))        (GAIN's attention mining,
-                                                                             omega = 10, sigma = 0.5)
+            I* = I - T(Â^1) * I,  T(Â) = sigmoid(omega (Â - sigma))        (GAIN's attention mining;
+                                                                             our defaults omega = 10, sigma = 0.5)
     L     = 0.9 L_cls + 0.1 L_att + lambda_am L_am                          (lambda_am = 0: the paper)
 
 The plain classifier of the baselines is the same network with the attention weight 0.
