@@ -347,6 +347,8 @@ def evaluate_classifier(model: AttentionClassifier, test: dict, trunks: dict, cf
     return out, {"prob": prob, "maps": maps, "lesion_index": np.flatnonzero(lesion)}
 
 
+# measured on the lesion images with a mask only (the rest on every test image)
+LESION_ONLY_METRICS = ("attention_iou", "pointing_game", "p_lesion_clean", "p_lesion_lesion_blurred", "recall_lesion_blurred")
 CLS_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "attention_iou", "pointing_game",
                "accuracy_overlays_blanked", "p_lesion_clean", "p_lesion_lesion_blurred", "recall_lesion_blurred")
 
@@ -506,10 +508,12 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
                 keep[method] = {"model": model, **arrays}
     rows = []
     n_test = len(cls["test"]["labels"])
+    n_lesion = len(next(iter(keep.values()))["lesion_index"]) if keep else 0
     for method, runs in per_seed.items():
         label = method_label(cfg, method, cached["weights_label"])
         for metric in CLS_METRICS:
-            rows.append(rows_over_seeds(STANDIN[CLS_DATASET], "test", label, metric, [r[metric] for r in runs], n_test))
+            n = n_lesion if metric in LESION_ONLY_METRICS else n_test
+            rows.append(rows_over_seeds(STANDIN[CLS_DATASET], "test", label, metric, [r[metric] for r in runs], n))
 
     seg_scores: dict[str, list[dict]] = {}
     seg_models = {}
