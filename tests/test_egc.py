@@ -1,0 +1,218 @@
+"""Early-gastric-cancer chapter: GAIN classifier, CBAM / CA-U-Net, metrics, shortcut checks, training resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medad.errors import ConfigError, DataError
+from medad.models.ca_unet import CBAM, VARIANTS, build_segmenter
+from medad.models.gain import build_classifier
+from medad.train import egc_experiment as E
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    torch.manual_seed(0)
+    return build_classifier("effnet-lite0", "gain", image_size=64, frozen_stages=6)
+
+
+# ----------------------------------------------------------------------------- CBAM and the ablation networks
+
+
+def test_cbam_matches_its_equations():
+    torch.manual_seed(0)
+    cbam = CBAM(8, reduction=2).eval()
+    x = torch.randn(2, 8, 6, 5)
+    mlp = cbam.channel.mlp
+    mc = torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+    f1 = mc * x
+    ms = torch.sigmoid(cbam.spatial.conv(torch.cat([f1.mean(1, keepdim=True), f1.amax(1, keepdim=True)], 1)))
+    assert cbam.spatial.conv.kernel_size == (7, 7)
+    torch.testing.assert_close(cbam(x), ms * f1)
+
+
+def test_ablation_variants_have_their_modules_and_shapes():
+    x = torch.rand(2, 3, 32, 32)
+    for variant, (cbam, aspp) in VARIANTS.items():
+        net = build_segmenter(variant, (4, 8, 16), seed=0).eval()
+        assert net(x).shape == (2, 2, 32, 32)
+        assert any(isinstance(m, CBAM) for m in net.modules()) == cbam
+        assert (type(net.bottleneck).__name__ == "ASPPBottleneck") == aspp
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        build_segmenter("ca-unet", (4, 8, 16))(torch.rand(1, 3, 30, 30))
+    with pytest.raises(ConfigError, match="unknown segmentation variant"):
+        build_segmenter("unet++")
+
+
+# ----------------------------------------------------------------------------- GAIN
+
+
+def test_closed_form_attention_equals_pytorch_grad_cam(lite0):
+    from medad.compat.torchvision_ops import ensure_torchvision
+
+    ensure_torchvision()
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(1)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():  # the lesion direction = image 0's features at one location: a positive, non-constant map
+        feats = lite0.features(images)
+        lite0.fc.weight[1] = feats[0, :, 0, 0] / feats[0, :, 0, 0].norm()
+    ours = lite0.attention(images).detach().numpy()
+    with GradCAM(model=lite0.eval(), target_layers=[lite0.feature_layer]) as cam:
+        ref = cam(input_tensor=images, targets=[ClassifierOutputTarget(1)] * 3)
+    assert ours.shape == ref.shape == (3, 64, 64)
+    assert ours[0].std() > 0.1  # a real map, not a constant one
+    np.testing.assert_allclose(ours, ref, atol=0.02)
+
+
+def test_gain_loss_terms(lite0):
+    torch.manual_seed(2)
+    images = torch.rand(4, 3, 64, 64)
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    masks[1, 10:30, 20:40] = True
+    masks[3, 40:60, 5:25] = True
+    labels = torch.tensor([0, 1, 0, 1])
+    out = lite0.loss(labels, masks, images=images)
+    logits = lite0(images)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    mse = ((lite0.attention(images[[1, 3]]) - masks[[1, 3]].float()) ** 2).mean()
+    torch.testing.assert_close(out["ce"], ce)
+    torch.testing.assert_close(out["attention"], mse)
+    torch.testing.assert_close(out["loss"], 0.9 * ce + 0.1 * mse)
+    normal_only = lite0.loss(torch.zeros(4, dtype=torch.long), masks, images=images)
+    assert float(normal_only["attention"]) == 0.0  # no mask term on normal images
+    # the cached-trunk path gives the same loss as the image path
+    same = lite0.loss(labels, masks, trunk=lite0.trunk(images))
+    torch.testing.assert_close(same["loss"], out["loss"])
+
+
+def test_plain_and_mining_variants():
+    plain = build_classifier("effnet-lite0", "plain", image_size=64, frozen_stages=6)
+    images, masks = torch.rand(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    labels = torch.tensor([1, 1])
+    out = plain.loss(labels, masks, images=images)
+    torch.testing.assert_close(out["loss"], out["ce"])
+    am = build_classifier("effnet-lite0", "gain-am", image_size=64, frozen_stages=6)
+    out = am.loss(labels, masks, images=images)
+    assert 0.0 <= float(out["mining"].detach()) <= 1.0
+    with pytest.raises(ConfigError, match="needs images"):
+        am.loss(labels, masks, trunk=am.trunk(images))
+
+
+def test_bad_input_is_a_clear_error(tmp_path, lite0):
+    with pytest.raises(DataError, match="do not match images"):
+        lite0.loss(torch.tensor([1]), torch.ones(1, 32, 32, dtype=torch.bool), images=torch.rand(1, 3, 64, 64))
+    with pytest.raises(DataError, match="mask must have its image's size"):
+        E.resize_pair(np.zeros((40, 50, 3), np.uint8), np.zeros((40, 40), bool), 32, where="frame.jpg")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_classifier("resnet50", "gain", pretrained=str(tmp_path / "resnet50-missing.pth"))
+    with pytest.raises(ConfigError, match="unknown architecture 'resnet-51'"):
+        build_classifier("resnet-51", "gain")
+    with pytest.raises(ConfigError, match="unknown classifier method"):
+        build_classifier("effnet-lite0", "gradcam")
+
+
+def test_random_init_is_labelled():
+    model = build_classifier("effnet-lite0", "plain", pretrained=False, image_size=64, frozen_stages=6)
+    assert model.weights_label == "random-init"
+    assert "random-init" in E.method_label({"arch": "effnet-lite0"}, "plain", model.weights_label)
+
+
+# ----------------------------------------------------------------------------- metrics and shortcut checks
+
+
+def test_attention_scores():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, :2, :2] = True
+    maps = np.zeros((2, 4, 4))
+    maps[0, :2, :] = 1.0      # covers the mask and as much outside: IoU 4/8, max inside
+    maps[1, 3, 3] = 1.0       # max outside, nothing overlaps
+    s = E.attention_scores(maps, masks, 0.5)
+    np.testing.assert_allclose(s["iou"], [0.5, 0.0])
+    np.testing.assert_allclose(s["hit"], [1.0, 0.0])
+
+
+def test_segmentation_scores():
+    true = np.zeros((1, 4, 4), bool)
+    true[0, :2, :2] = True
+    pred = np.zeros((1, 4, 4), bool)
+    pred[0, :2, :3] = True
+    s = E.segmentation_scores(pred, true)
+    np.testing.assert_allclose(s["pixel_accuracy"], [14 / 16])
+    np.testing.assert_allclose(s["iou"], [4 / 6], rtol=1e-6)
+    np.testing.assert_allclose(s["dice"], [8 / 10], rtol=1e-6)
+
+
+def test_blanking_and_blurring_touch_only_their_regions():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 255, (2, 40, 40, 3), dtype=np.uint8)
+    blank = E.blank_overlays(images)
+    assert (blank[:, 30:, :10] == 0).all() and (blank[:, 5:20, :5] == 0).all()
+    np.testing.assert_array_equal(blank[:, :, 20:], images[:, :, 20:])
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 15:25, 15:25] = True
+    blurred = E.blur_lesions(images, masks, 0.1)
+    np.testing.assert_array_equal(blurred[1], images[1])          # no lesion: unchanged
+    np.testing.assert_array_equal(blurred[0, :10], images[0, :10])  # far from the lesion: unchanged
+    assert np.abs(blurred[0, 18:22, 18:22].astype(int) - images[0, 18:22, 18:22]).mean() > 20
+    assert blurred[0, 15:25, 15:25].std() < images[0, 15:25, 15:25].std() / 3
+
+
+# ----------------------------------------------------------------------------- training resumes exactly
+
+
+def _seg_data(n=12, size=32):
+    from medad.data.synthetic import synthetic_lesion_dataset
+
+    ds = synthetic_lesion_dataset(name="t", split="train", n=n, classes=("polyp",), size=size, rgb=True)
+    return {"images": np.stack([s.image for s in ds]), "masks": np.stack([s.mask for s in ds])}
+
+
+def test_fit_resumes_to_the_same_weights(tmp_path):
+    cfg = {"seg_channels": [4, 8], "seg_size": 32, "seg_epochs": 2, "seg_batch_size": 4, "seg_lr": 1e-2}
+    data = {"train": _seg_data(), "val": _seg_data(6)}
+    whole, _ = E.train_segmenter(cfg, "ca-unet", 0, data, tmp_path / "a", progress=False)
+    ck = tmp_path / "b"  # a run stopped after epoch 1, then resumed to 2 epochs
+    E.train_segmenter({**cfg, "seg_epochs": 1}, "ca-unet", 0, data, ck, progress=False)
+    resumed, info = E.train_segmenter(cfg, "ca-unet", 0, data, ck, progress=False)
+    assert [h["epoch"] for h in info["history"]] == [1, 2]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(ConfigError, match="another model"):
+        E.fit(whole, lambda i, r: {}, 4, lambda: 0.0, epochs=1, batch_size=2, lr=1e-3, seed=0,
+              checkpoint=ck / "seg-ca-unet-seed0.pt", tag="other", progress=False)
+
+
+# ----------------------------------------------------------------------------- profiles and report tables
+
+
+def test_profiles_are_declared_in_the_schema():
+    from medad import profiles
+
+    table = profiles.load("egc")
+    for name in ("quick", "full", "long_cpu"):
+        assert set(table[name]) <= set(table["schema"]), name
+        assert set(table[name]) == set(table["quick"]), name
+    assert "3 seeds" in E.schedule_text(E.profile_config("long_cpu"))
+    with pytest.raises(ConfigError, match="profile must be one of"):
+        E.profile_config("schema")
+
+
+def test_report_tables_name_the_standin_and_keep_reported_apart():
+    import pandas as pd
+
+    from medad.reports import egc as report
+    from medad.results import load_reported, row, rows_over_seeds
+
+    rows = [rows_over_seeds(E.STANDIN[E.CLS_DATASET], "test", "GAIN (EfficientNet-Lite0, ImageNet)", "accuracy", [0.9, 0.92, 0.94], 200),
+            row(E.STANDIN[E.SEG_DATASET], "test", "CA-U-Net", "iou", 0.5, 0.45, 0.55, 1, 100)]
+    table = pd.DataFrame(rows)
+    cls = report.classification_table(table, load_reported("egc"), "run-x")
+    assert cls.loc[0, "Accuracy"] == "0.920 (0.870–0.970)" and "STAND-IN" in cls.loc[0, "Data"]
+    assert cls["Method"].str.endswith("(reported)").sum() == len(cls) - 1
+    seg = report.segmentation_table(table, load_reported("egc"), "run-x")
+    assert seg.loc[0, "IoU"] == "0.500 (0.450–0.550)" and "STAND-IN" in seg.loc[0, "Data"]
+    assert report.value(table, "CA-U-Net", "iou") == 0.5 and np.isnan(report.value(table, "U-Net", "iou"))
