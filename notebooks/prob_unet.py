@@ -86,8 +86,8 @@ run.glue("long_label", headline_run.label)
 run.glue("long_test", int(lt.loc[lt["dataset"].eq("LIDC"), "n"].max()))
 run.glue("long_patients", int(report.long_run_files(headline_run)["data"]["test"]["patients"]))
 common.show_figure(report.headline_figure(headline_run),
-                   "More samples lower every sampling model's GED; where one of four graders marked a slice, "
-                   "models that often answer 'no nodule' score best.")
+                   "Left: test GED against the number of samples (lower is better); right: GED by how many "
+                   "of the four graders marked the slice.")
 
 # %% [markdown]
 # The reported numbers are not comparable one-to-one with this book's. The
@@ -225,7 +225,7 @@ trained = exp.train_models(cfg, data, run.device, checkpoint_root=checkpoints, p
 run.glue("train_minutes", sum(r.seconds for r in trained.values()) / 60)
 display(common.show_table(report.training_table(trained), caption="Training of this build (smoke-sized)"))
 common.show_figure(report.training_figure(trained, kind),
-                   "Training loss falls for every model; the validation GED picks the weights that are kept.")
+                   "Left: training loss per model; right: validation GED at each check, whose lowest point gives the weights kept.")
 
 # %% [markdown]
 # Training all models took {glue:text}`train_minutes:.1f` minutes here.
