@@ -8,7 +8,7 @@ with a small script appended is loaded by Chromium (Debian's ``chromium``
 package, run headless, no network); the script waits for the page to load and
 writes what it measured into the DOM, which ``--dump-dom`` returns:
 
-- the main column (``main``/``article``) must not be wider than the window lets it be
+- the main column (the theme's ``article.bd-article``) must not be wider than the window lets it be
   (its ``scrollWidth`` within its ``clientWidth``), and no table, code block or
   output inside it may scroll sideways;
 - every ``<img>`` in the page must have loaded (``naturalWidth > 0``).
@@ -36,9 +36,10 @@ PROBE = r"""
 <script>
 window.addEventListener("load", function () {
   setTimeout(function () {
-    var main = document.querySelector("main") || document.querySelector("article") || document.body;
+    var main = document.querySelector("article.bd-article") || document.querySelector("main")
+               || document.querySelector("article") || document.body;
     var wide = [];
-    main.querySelectorAll("table, pre, div.output, div.cell_output, div.highlight, img, svg, mjx-container")
+    main.querySelectorAll("table, pre, div.output, div.cell_output, div.highlight, img, div.math, mjx-container[display='true']")
       .forEach(function (el) {
         var style = getComputedStyle(el);
         if (el.offsetParent === null || style.display === "none") return;  // hidden (collapsed input)

@@ -66,7 +66,7 @@ if cfg.get("threads"):
 # ## Headline results
 #
 # The numbers this chapter stands on come from its best committed run,
-# {glue:text}`long_label`, stored as small files under `results/prob_unet/`
+# {glue:text}`long_name`, stored as small files under `results/prob_unet/`
 # and **not** recomputed when the book is built. On
 # {glue:text}`long_test:,` real LIDC test slices from
 # {glue:text}`long_patients` patients, with 16 samples per slice, the
@@ -82,7 +82,7 @@ display(Markdown(common.sources_markdown("prob_unet")))
 lt = headline_run.table
 for key, method in (("long_pu", "Prob. U-Net"), ("long_unet", "U-Net (deterministic)"), ("long_mheads", "M-heads")):
     run.glue(key, report.interval(lt, method, "GED", "16 samples", "LIDC"))
-run.glue("long_label", headline_run.label)
+run.glue("long_name", headline_run.name)
 run.glue("long_test", int(lt.loc[lt["dataset"].eq("LIDC"), "n"].max()))
 run.glue("long_patients", int(report.long_run_files(headline_run)["data"]["test"]["patients"]))
 common.show_figure(report.headline_figure(headline_run),
@@ -110,8 +110,10 @@ common.show_figure(report.headline_figure(headline_run),
 # a *posterior net* sees the image **and** one grader's mask $Y$:
 #
 # $$
-# P(z \mid X) = \mathcal{N}\big(\mu_\text{prior}(X), \operatorname{diag}\sigma^2_\text{prior}(X)\big), \qquad
-# Q(z \mid X, Y) = \mathcal{N}\big(\mu_\text{post}(X, Y), \operatorname{diag}\sigma^2_\text{post}(X, Y)\big).
+# \begin{aligned}
+# P(z \mid X) &= \mathcal{N}\big(\mu_\text{prior}(X), \operatorname{diag}\sigma^2_\text{prior}(X)\big), \\
+# Q(z \mid X, Y) &= \mathcal{N}\big(\mu_\text{post}(X, Y), \operatorname{diag}\sigma^2_\text{post}(X, Y)\big).
+# \end{aligned}
 # $$
 #
 # A segmentation is $S = f_\text{comb}\big(f_\text{unet}(X), z\big)$: $z$ is
@@ -121,10 +123,11 @@ common.show_figure(report.headline_figure(headline_run),
 #
 # $$
 # \mathcal{L} = \operatorname{CE}\big(Y, f_\text{comb}(f_\text{unet}(X), z_q)\big)
-#   + \beta\, \mathrm{KL}\big(Q(z \mid X, Y) \,\|\, P(z \mid X)\big), \qquad z_q \sim Q, \; \beta = 1,
+#   + \beta\, \mathrm{KL}\big(Q(z \mid X, Y) \,\|\, P(z \mid X)\big)
 # $$
 #
-# with the cross-entropy summed over pixels and the KL in closed form. At test
+# with $z_q \sim Q$, $\beta = 1$, the cross-entropy summed over pixels and
+# the KL in closed form. At test
 # time only the prior is used: each new $z$ costs one pass of $f_\text{comb}$,
 # so a hundred samples are cheap. `medad` bounds $\log\sigma$ smoothly
 # ($|\log\sigma| < 8$) so the KL cannot overflow.
@@ -137,7 +140,8 @@ common.show_figure(report.headline_figure(headline_run),
 
 # %%
 model = build_model("prob_unet", **exp.model_options(cfg, "prob_unet"))
-print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} weights")
+n_weights = sum(p.numel() for p in model.parameters())
+print(f"{type(model).__name__}: {n_weights:,} weights")
 
 # %% [markdown]
 # ## The metric
@@ -166,10 +170,10 @@ pick = report.pick_examples(data["test"], marked)
 graders = torch.from_numpy(data["test"]["grader_masks"][[pick.get(3, 0)]])  # a slice three graders marked
 
 # %%
-spread = distance_matrices(graders, graders)             # samples = the four graders' masks
-one_answer = distance_matrices(graders[:, [0, 0, 0, 0]], graders)  # grader 0's mask, four times
-print(f"GED, samples = the graders: {ged_from_distances(spread, 4).item():.3f}")
-print(f"GED, one answer repeated:   {ged_from_distances(one_answer, 4).item():.3f}")
+spread = distance_matrices(graders, graders)
+repeated = distance_matrices(graders[:, [0, 0, 0, 0]], graders)
+for name, dm in (("the four graders", spread), ("grader 0, 4 times", repeated)):
+    print(f"samples = {name}: GED {ged_from_distances(dm, 4).item():.3f}")
 
 # %% [markdown]
 # We also report the Hungarian-matched IoU (HM-IoU) between 16 samples and the
@@ -218,8 +222,10 @@ display(common.show_table(report.split_table(data), caption=f"LIDC ({kind}) slic
 # fixed subset of validation slices). This is the whole training call:
 
 # %%
-checkpoints = run.out_dir / "checkpoints" if cfg.get("checkpoint_every") else None  # a rerun resumes
-trained = exp.train_models(cfg, data, run.device, checkpoint_root=checkpoints, progress=False)
+# full profile: checkpoints every 2000 steps, and a rerun resumes from them
+checkpoints = run.out_dir / "checkpoints" if cfg.get("checkpoint_every") else None
+trained = exp.train_models(cfg, data, run.device, checkpoint_root=checkpoints,
+                           progress=False)
 
 # %% tags=["remove-input"]
 run.glue("train_minutes", sum(r.seconds for r in trained.values()) / 60)

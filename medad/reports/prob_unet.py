@@ -299,10 +299,9 @@ def model_table(table: pd.DataFrame, ts: int) -> pd.DataFrame:
 
 def training_table(trained: dict) -> pd.DataFrame:
     rows = {TITLES[m]: r.summary() for m, r in trained.items()}
-    table = pd.DataFrame(rows).T
-    keep = [c for c in ("steps", "best_step", "best_val_ged", "seconds") if c in table.columns]
-    return table[keep].rename(columns={"steps": "steps", "best_step": "step kept", "best_val_ged": "val. GED",
-                                       "seconds": "seconds"})
+    table = pd.DataFrame(rows).T[["steps", "best_step", "best_val_ged", "seconds"]]
+    table = table.apply(pd.to_numeric).astype({"steps": int, "best_step": int})
+    return table.rename(columns={"best_step": "step kept", "best_val_ged": "validation GED", "seconds": "seconds (wall)"})
 
 
 def official_table(curve: pd.DataFrame, ts: int) -> pd.DataFrame:
@@ -310,7 +309,7 @@ def official_table(curve: pd.DataFrame, ts: int) -> pd.DataFrame:
     return pd.DataFrame({
         "GED, d(∅,∅) = 0": part["mean"].map("{:.3f}".format),
         "NaN slices, official": part["official_nan_fraction"].map("{:.1%}".format),
-        "GED of the rest, official": part["official_nanmean"].map("{:.3f}".format),
+        "GED of the rest, official": part["official_nanmean"].map(results.format_interval),
     }).rename_axis("model")
 
 
