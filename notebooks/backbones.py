@@ -121,10 +121,13 @@ display(common.show_table(report.registry_table(), caption="medad.backbones regi
 
 # %%
 pictures = photos.photos()
-features = standin.encode_image(standin.preprocess_batch([pictures[0].load()]))
-print("global embedding:", tuple(features.embedding.shape))
-print("tokens per level:", {level: tuple(t.shape) for level, t in zip(features.levels, features.tokens)})
-print("text embedding:  ", tuple(standin.encode_text(["a photograph of a tabby cat"]).shape))
+batch = standin.preprocess_batch([pictures[0].load()])
+features = standin.encode_image(batch)
+print("global embedding", tuple(features.embedding.shape))
+for level, tokens in zip(features.levels, features.tokens):
+    print(f"level {level} tokens", tuple(tokens.shape))
+text = standin.encode_text(["a photograph of a tabby cat"])
+print("text embedding", tuple(text.shape))
 
 # %% [markdown]
 # ## The stand-in: DeViSE, fitted without a single image-text pair

@@ -87,8 +87,10 @@ display(common.show_table(report.overview_table(names, real), caption="The regis
 # masks (for LIDC, one mask per grader):
 
 # %%
-sample = run.open_dataset("lidc", "train", synthetic=not real["lidc"])[0]
-print(sample.image.shape, sample.image.dtype, "| graders' masks:", sample.grader_masks.shape, "| patient:", sample.group)
+lidc_train = run.open_dataset("lidc", "train", synthetic=not real["lidc"])
+s = lidc_train[0]
+print("image", s.image.shape, s.image.dtype)
+print("grader masks", s.grader_masks.shape, "| patient", s.group)
 
 # %% [markdown]
 # ## Re-executing this chapter: samples, class balance and image statistics

@@ -14,8 +14,7 @@ MODULES = ("medad.backbones", "medad.backbones.standin", "medad.backbones.devise
 def registry_table() -> pd.DataFrame:
     table = pd.DataFrame(backbone_table()).set_index("name")
     table["text encoder"] = table["text encoder"].map({True: "yes", False: "no"})
-    table["stand-in"] = table["stand-in"].map({True: "STAND-IN", False: ""})
-    return table[["family", "architecture", "text encoder", "stand-in", "weights"]]
+    return table[["architecture", "text encoder", "weights"]]
 
 
 def heldout_table(held: dict) -> pd.DataFrame:

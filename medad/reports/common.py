@@ -33,10 +33,16 @@ def quiet():
 
 
 def quiet_notebook() -> None:
-    """For a whole chapter: no warnings (they would print to stderr in the book), no progress bars."""
+    """For a whole chapter: no warnings or log records on stderr (they would show in the book), no progress bars.
+
+    What such a warning says must be in the chapter itself where it matters
+    (e.g. the speed table's "random weights" column), not in a stderr box.
+    """
+    import logging
     import os
 
     warnings.simplefilter("ignore")
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns through the root logger
     os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads it: no bar even if a caller asks for one
 
 
@@ -181,12 +187,17 @@ def modules_markdown(modules: Sequence[str]) -> str:
     lines = []
     for name in modules:
         module = importlib.import_module(name)
-        doc = (module.__doc__ or "").strip().splitlines()
+        doc = _plain(module.__doc__ or "").strip().splitlines()
         path = name.replace(".", "/") + (".py" if not hasattr(module, "__path__") else "/__init__.py")
         url = _source_url(path)
         where = f"[`{path}`]({url})" if url else f"`{path}`"
         lines.append(f"- `{name}` ({where}) — {doc[0] if doc else ''}")
     return "\n".join(lines)
+
+
+def _plain(text: str) -> str:
+    """Docstring text without Sphinx roles: ``:class:`~a.B``` -> ```B```."""
+    return re.sub(r":\w+:`~?\.?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", text)
 
 
 def _source_url(path: str) -> str:

@@ -21,9 +21,8 @@ def overview_table(names, real: dict) -> pd.DataFrame:
     rows = []
     for n in names:
         spec = get_spec(n)
-        rows.append({"dataset": n, "title": spec.title, "modality": spec.modality,
-                     "classes": ", ".join(spec.classes) or "(masks only)",
-                     "used here": "real" if real[n] else "synthetic",
+        rows.append({"dataset": n, "title": spec.title, "classes": ", ".join(spec.classes) or "(masks only)",
+                     "data": "real" if real[n] else "synthetic",
                      "licence": manifest()[spec.manifest_key].get("licence", "")})
     return pd.DataFrame(rows).set_index("dataset")
 
@@ -37,12 +36,24 @@ def dataset_block(run, name: str, real: bool, cfg: dict) -> tuple[str, pd.DataFr
     shown = train.display_name
     display(Markdown(f"### {shown}"))
     idx = atlas.pick(len(train), cfg["samples_per_grid"], run.seed)
-    fig = viz.sample_grid([train[int(i)] for i in idx], train.classes, title=f"{shown}: seeded training samples")
-    common.show_figure(fig, "Masks in gold; for LIDC each grader's outline in its own colour.")
+    samples = [train[int(i)] for i in idx]
+    fig = viz.sample_grid(samples, train.classes, title=f"{shown}: seeded training samples")
+    common.show_figure(fig, grid_caption(samples))
     display(common.show_table(atlas.class_balance(splits), caption=f"{shown}: images per class and split"))
     stats = atlas.image_statistics(train, cfg["stats_images"], run.seed)
     stats["dataset"] = shown
     return shown, stats
+
+
+def grid_caption(samples) -> str:
+    """What the sample grid shows, for this dataset's kind of annotation."""
+    parts = ["Class label above each image"] if any(s.label is not None and s.label >= 0 for s in samples) else []
+    if any(s.grader_masks is not None for s in samples):
+        parts.append("each grader's outline in its own colour (no outline: that grader did not mark the slice)")
+    elif any(s.mask is not None and s.mask.any() for s in samples):
+        parts.append("lesion masks filled in gold")
+    text = "; ".join(parts) or "Seeded training images"
+    return text[0].upper() + text[1:] + "."
 
 
 def statistics_table(summaries: dict) -> pd.DataFrame:
