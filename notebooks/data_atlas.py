@@ -121,7 +121,8 @@ for name in names:
 # the pathology.
 
 # %% tags=["remove-input"]
-display(common.show_table(report.statistics_table(summaries), caption="Image statistics of a seeded sample per dataset"))
+display(common.show_table(report.statistics_table(summaries), digits=2,
+                          caption="Image statistics of a seeded sample per dataset (mask area: fraction of pixels)"))
 common.show_figure(report.intensity_figure(pd.concat(stats_frames, ignore_index=True)),
                    "Boxes that sit apart within one dataset mean its classes differ in plain brightness.")
 

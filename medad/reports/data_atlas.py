@@ -12,9 +12,8 @@ from medad.reports import common
 
 MODULES = ("medad.data", "medad.data.registry", "medad.data.lidc", "medad.data.synthetic", "medad.atlas")
 
-STAT_COLUMNS = {"images_measured": "images measured", "most_common_size": "most common size (px)",
-                "distinct_sizes": "distinct sizes", "channels": "channels", "intensity_mean": "mean intensity (0–255)",
-                "intensity_std": "intensity s.d. (0–255)", "mask_fraction": "mask area (fraction)"}
+STAT_COLUMNS = {"images_measured": "images", "most_common_size": "size (px)", "channels": "channels",
+                "intensity_mean": "mean (0–255)", "intensity_std": "s.d. (0–255)", "mask_fraction": "mask area"}
 
 
 def overview_table(names, real: dict) -> pd.DataFrame:
@@ -57,8 +56,8 @@ def grid_caption(samples) -> str:
 
 
 def statistics_table(summaries: dict) -> pd.DataFrame:
-    table = pd.DataFrame(summaries).T.rename(columns=STAT_COLUMNS)
-    for column in ("mean intensity (0–255)", "intensity s.d. (0–255)", "mask area (fraction)"):
+    table = pd.DataFrame(summaries).T[list(STAT_COLUMNS)].rename(columns=STAT_COLUMNS)
+    for column in ("mean (0–255)", "s.d. (0–255)", "mask area"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
     return table.rename_axis("dataset")
 

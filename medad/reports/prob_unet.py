@@ -154,7 +154,7 @@ def bars_with_ci(by: pd.DataFrame, ax, ylabel: str, title: str):
 def headline_figure(run):
     long = long_run_files(run)
     ts = long["config"].get("table_samples", 16)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))  # about the column's width: labels stay legible
     plot_curve(pd.DataFrame(long["curve"]), "test GED against samples", ax=axes[0])
     bars_with_ci(pd.DataFrame(long["by_graders"]), axes[1], f"GED, {ts} samples (1 − IoU units)",
                  "GED by grader agreement")
