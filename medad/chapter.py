@@ -11,18 +11,25 @@ A chapter notebook does::
 
 and its first markdown cell shows the provenance table with the ``glue:md``
 directive (see notebooks/data_atlas.py). Each run also writes
-``provenance.json`` (and anything the chapter saves) to ``run.out_dir``.
+``provenance.json`` (and anything the chapter saves) to ``run.out_dir``, and
+``reads.json``: the medad modules the chapter imported and the archives it
+read, which the book pipeline hashes to decide when to re-execute it.
+
+In a notebook, ``ChapterRun`` also makes the kernel show medad's errors
+(bad parameters, missing data) as one line instead of a long traceback.
 """
 from __future__ import annotations
 
 import ast
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from medad import profiles, provenance
-from medad.data.registry import open_dataset, resolve_data_dir
+from medad.data.registry import get_spec, open_dataset, resolve_data_dir
+from medad.errors import ConfigError, show_in_notebooks
 from medad.paths import REPO_ROOT
 from medad.runtime import device_description, resolve_device, seed_everything
 
@@ -66,10 +73,61 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+READS_FILE = "reads.json"  # in the run folder: what ChapterRun.finish saw the chapter use (medad.pipeline hashes it)
+
+
+def imported_medad_files() -> list[str]:
+    """Source files of every imported medad module, relative to the repository when inside it."""
+    files = set()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "medad" or name.startswith("medad.")) and path:
+            path = Path(path).resolve()
+            files.add(path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path))
+    return sorted(files)
+
+
+def _assigned_names(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def unknown_injected_parameters(history: list[str]) -> tuple[list[str], list[str]]:
+    """(names papermill injected that the notebook's parameters cell lacks, the names it has).
+
+    ``history`` is the kernel's input history (IPython's ``In``): papermill's injected cell
+    starts with ``# Parameters`` and runs right after the cell tagged ``parameters``.
+    """
+    for i, source in enumerate(history):
+        if i > 0 and source.startswith("# Parameters\n"):
+            declared = _assigned_names(history[i - 1])
+            if declared:
+                return sorted(_assigned_names(source) - declared), sorted(declared)
+    return [], []
+
+
+def _refuse_unknown_papermill_parameters(chapter: str) -> None:
+    """papermill only warns about a parameter the notebook does not have, and a misspelt one is then ignored."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    unknown, declared = unknown_injected_parameters(shell.user_ns.get("In", []) if shell else [])
+    if unknown:
+        raise ConfigError(f"{chapter}: unknown parameter(s) {', '.join(unknown)} given to papermill; "
+                          f"this notebook's parameters: {', '.join(declared)}")
+
+
 class ChapterRun:
     """Resolves a chapter's parameters, seeds, picks the device and records provenance."""
 
     def __init__(self, chapter: str, profile: str = "quick", data_dir: str | None = None, **given):
+        show_in_notebooks()  # first: a bad parameter below is already shown as one line
+        _refuse_unknown_papermill_parameters(chapter)
         self.chapter = chapter
         self.config = profiles.resolve(chapter, profile, **given)
         self.profile = profile
@@ -79,6 +137,7 @@ class ChapterRun:
         self.out_dir = Path(os.environ.get("MEDAD_RUN_DIR") or REPO_ROOT / "runs" / f"{chapter}-{profile}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._data: list[dict] = []
+        self._archives: set[str] = set()  # manifest keys of the real archives read
         self._t0 = time.perf_counter()
         self.record = {
             "chapter": chapter,
@@ -105,6 +164,8 @@ class ChapterRun:
         """
         ds = open_dataset(name, split, self.data_dir, **kwargs)
         self.note_dataset(ds)
+        if not ds.synthetic:
+            self._archives.add(get_spec(name).manifest_key)
         return ds
 
     def note_dataset(self, ds) -> None:
@@ -115,11 +176,16 @@ class ChapterRun:
     def glue(self, name: str, value, display: bool = False) -> None:
         glue(name, value, display=display)
 
+    def reads(self) -> dict:
+        """What this execution depended on: medad's imported source files and the real archives opened."""
+        return {"modules": imported_medad_files(), "archives": sorted(self._archives)}
+
     def finish(self) -> dict:
         """Glue the provenance table and the time taken; write provenance.json; return the record."""
         self.record["seconds"] = round(time.perf_counter() - self._t0, 1)
         self.record["finished"] = provenance.now_utc()
         (self.out_dir / "provenance.json").write_text(json.dumps(self.record, indent=2, default=str))
+        (self.out_dir / READS_FILE).write_text(json.dumps(self.reads(), indent=1))
         from IPython.display import Markdown
 
         glue("provenance", Markdown(provenance.markdown_table(self.record)), display=False)

@@ -4,14 +4,14 @@
     python -m medad chapters
     python -m medad data list [--data-dir DIR]
     python -m medad data verify [--data-dir DIR]
-    python -m medad data make-split lidc --data-dir DIR
+    python -m medad data make-split lidc --data-dir DIR [--force]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from medad.errors import MedadError
+from medad.errors import MedadError, command_line
 
 
 def _book(args) -> int:
@@ -29,35 +29,55 @@ def _chapters(args) -> int:
 
 
 def _data(args) -> int:
-    from medad.data import available_real, get_spec, list_datasets, manifest, resolve_data_dir
-    from medad.data.registry import archive_checksum, locate_archive
+    from medad.data import dataset_status, get_spec, list_datasets, manifest, resolve_data_dir
+    from medad.data.registry import archive_status, describe_status, locate_archive
 
-    root = resolve_data_dir(args.data_dir)
+    root = resolve_data_dir(args.data_dir)  # a directory given but absent is an error here, not synthetic data
     if args.action == "list":
-        found = available_real(root)
+        print(f"data directory: {root}" if root else "no data directory given (--data-dir or MEDAD_DATA): every dataset is synthetic")
+        n_real, explained = 0, set()
         for name in list_datasets():
-            spec = get_spec(name)
-            where = "real archive found" if found[name] else "synthetic (archive not in data dir)"
-            print(f"{name:16s} {spec.title[:60]:60s} {where}")
+            statuses = dataset_status(name, root)
+            line = describe_status(statuses)
+            n_real += line.startswith("real")
+            print(f"{name:18s} {get_spec(name).title[:58]:58s} {line}")
+            for st in statuses:
+                if root and not st.usable and st.key not in explained:  # why, once per archive
+                    explained.add(st.key)
+                    print(f"{'':18s}   {st.detail}")
+        found = {st.key for name in list_datasets() for st in dataset_status(name, root) if st.usable}
+        print(f"{n_real} of {len(list_datasets())} datasets real, from {len(found)} of {len(manifest())} archives")
         return 0
     if root is None:
         raise MedadError("no data directory: pass --data-dir or set MEDAD_DATA")
     if args.action == "verify":
-        bad = 0
-        for key, entry in manifest().items():
-            try:
-                archive = locate_archive(key, root)
-                print(f"{key:12s} ok  {archive_checksum(archive, key)}  {archive.path}")
-            except MedadError as exc:
-                bad += 1
-                print(f"{key:12s} --  {exc}")
+        failed, found = [], 0
+        for key in manifest():
+            st = archive_status(key, root)
+            found += st.found
+            if st.usable:
+                print(f"{'ok' if st.state == 'verified' else 'UNVERIFIED':10s} {key:18s} {st.detail}")
+            elif st.found:
+                failed.append(st)
+                print(f"{'FAILED':10s} {key:18s} {st.state}: {st.detail}")
+            else:
+                print(f"{'missing':10s} {key:18s} {manifest()[key]['archive']} not in {root}")
+        if failed:
+            print(f"error: {len(failed)} archive(s) failed: " + ", ".join(f"{st.key} ({st.state})" for st in failed), file=sys.stderr)
+            return 1
+        if not found:
+            print(f"error: no archive of data/manifest.yml found in {root}", file=sys.stderr)
+            return 1
         return 0
     if args.action == "make-split":
         if args.name != "lidc":
             raise MedadError("only the LIDC split is a committed file; other datasets use their own or seeded carve-outs")
         from medad.data.lidc import index_entries
-        from medad.data.splits import write_split_file
+        from medad.data.splits import split_file, write_split_file
 
+        if split_file(args.name).is_file() and not args.force:
+            raise MedadError(f"{split_file(args.name)} exists (it is the committed split every result uses); "
+                             "not overwritten: add --force to replace it")
         entries = index_entries(locate_archive("lidc", root).names())
         path = write_split_file("lidc", [e.group for e in entries], seed=args.seed)
         print(f"wrote {path}")
@@ -65,6 +85,7 @@ def _data(args) -> int:
     return 2
 
 
+@command_line("python -m medad")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,13 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("name", nargs="?", default="lidc")
     data.add_argument("--data-dir", default=None)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--force", action="store_true", help="make-split: replace an existing split file")
     data.set_defaults(func=_data)
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except MedadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

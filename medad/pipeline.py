@@ -3,12 +3,19 @@
 For each chapter listed in ``_toc.yml`` (as ``book/executed/<chapter>``):
 
 1. read ``notebooks/<chapter>.py`` (Jupytext py:percent) into a notebook;
-2. skip it when its *stamp* is unchanged — a hash of the source, the
-   parameters, the data archives' checksums and medad's own code — and the
-   last execution succeeded;
-3. otherwise execute it with papermill under the profile, writing
-   ``book/executed/<chapter>.ipynb`` (written even when a cell fails, so the
-   error shows in the book);
+2. skip it when its *stamp* is unchanged and the last execution succeeded. The
+   stamp covers what the chapter depends on: its notebook source, its profile
+   YAML, the parameters, the medad modules it imported and the data archives it
+   read during its last execution (``reads.json``, written by
+   ``ChapterRun.finish``), and which archives the data directory holds. So
+   editing the Probabilistic U-Net code re-executes that chapter only. The
+   reason for each re-execution is printed;
+3. otherwise execute it with papermill under the profile, into
+   ``build/executing/``; only a finished execution replaces
+   ``book/executed/<chapter>.ipynb`` (atomically, as does its stamp), so an
+   interrupted build (Ctrl-C) leaves the previous good output in place. A
+   failed execution is installed with an error admonition at its top, so the
+   book shows the chapter as failed rather than silently keeping old results;
 4. keep going past a failing chapter;
 
 then build the HTML with Jupyter Book (execution off: the notebooks are
@@ -28,12 +35,14 @@ from pathlib import Path
 
 import yaml
 
-from medad.errors import ConfigError
+from medad.errors import INTERRUPTED_EXIT, ConfigError, DataError, MedadError, one_line
 from medad.paths import BOOK_DIR, NOTEBOOKS_DIR, REPO_ROOT
 
 EXECUTED_DIR = BOOK_DIR / "executed"
+SOURCE_ROOT = REPO_ROOT  # where medad's own files are (tests move REPO_ROOT, the book's folder, elsewhere)
 TOC = REPO_ROOT / "_toc.yml"
 CONFIG = REPO_ROOT / "_config.yml"
+FAILURE_TAG = "medad-last-execution-failed"
 
 
 @dataclass
@@ -42,6 +51,7 @@ class ChapterOutcome:
     status: str  # "executed" | "cached" | "failed"
     seconds: float = 0.0
     error: str = ""
+    reason: str = ""  # why it was (re-)executed
 
 
 def chapters_from_toc(toc_path: Path | None = None) -> list[str]:
@@ -64,44 +74,111 @@ def chapters_from_toc(toc_path: Path | None = None) -> list[str]:
     return found
 
 
-def _code_digest() -> str:
-    digest = hashlib.sha256()
-    package = REPO_ROOT / "medad"
-    for path in sorted(package.rglob("*")):
-        if path.suffix in {".py", ".yml"} and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(package).as_posix().encode())
-            digest.update(path.read_bytes())
-    for path in sorted((REPO_ROOT / "data").rglob("*")):
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+# ----------------------------------------------------------------------------- stamps
 
 
-def _data_digest(data_dir: Path | None) -> dict:
-    """Checksums of the registered archives present in ``data_dir`` (cached; cheap after the first time)."""
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha(path: Path) -> str:
+    return _sha(path.read_bytes()) if path.is_file() else "missing"
+
+
+def _all_medad_files() -> list[str]:
+    """Every source file of the package: what a chapter without a ``reads.json`` is assumed to depend on."""
+    package = SOURCE_ROOT / "medad"
+    return sorted(p.relative_to(SOURCE_ROOT).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _archive_state(key: str, data_dir: Path, checksum: bool) -> str:
+    """An archive's identity in ``data_dir``: its checksum (when the chapter read it) or just whether it is there."""
+    from medad.data.registry import archive_checksum, locate_archive
+
+    try:
+        archive = locate_archive(key, data_dir)
+        if not checksum:
+            return "present"
+        return archive_checksum(archive, key) if archive.is_zip else f"folder:{len(archive.names())}"
+    except DataError as exc:  # missing or unreadable: the kernel will say why, the stamp just differs
+        return f"unavailable: {exc}"
+
+
+def _data_parts(data_dir: Path | None, archives: list[str] | None) -> dict:
+    """The data a chapter depends on: the manifest (chapters show its licences), which archives the
+    folder holds, and the checksums and split files of those it read."""
+    from medad.paths import DATA_MANIFEST_DIR, SPLITS_DIR
+
+    parts = {"manifest": _file_sha(DATA_MANIFEST_DIR / "manifest.yml")}
     if data_dir is None:
-        return {"data": "synthetic"}
-    from medad.data.registry import archive_checksum, list_datasets, locate_archive, manifest
-    from medad.errors import DataError
+        return {**parts, "data": "synthetic"}
+    from medad.data.registry import manifest
 
-    seen = {}
-    keys = sorted({k for k in manifest()})
-    for key in keys:
-        try:
-            archive = locate_archive(key, data_dir)
-        except DataError:
-            continue
-        seen[key] = archive_checksum(archive, key) if archive.is_zip else f"folder:{len(archive.names())}"
-    seen["registered"] = ",".join(list_datasets())
-    return seen
+    read = set(manifest()) if archives is None else set(archives)
+    parts["folder"] = str(data_dir)
+    for key in sorted(manifest()):
+        parts[key] = _archive_state(key, data_dir, checksum=key in read)
+        if key in read:
+            parts[f"{key} split file"] = _file_sha(SPLITS_DIR / f"{key}.json")
+    return parts
 
 
-def chapter_stamp(chapter: str, parameters: dict, data_dir: Path | None) -> str:
-    source = (NOTEBOOKS_DIR / f"{chapter}.py").read_bytes()
-    payload = json.dumps(
-        {"parameters": parameters, "data": _data_digest(data_dir), "code": _code_digest()}, sort_keys=True, default=str
-    ).encode()
-    return hashlib.sha256(source + b"\0" + payload).hexdigest()
+def stamp_parts(chapter: str, parameters: dict, data_dir: Path | None, reads: dict | None = None) -> dict:
+    """What a chapter's output depends on, each part hashed, given what its last execution read."""
+    from medad.profiles import profile_file
+
+    modules = (reads or {}).get("modules") or _all_medad_files()
+    return {
+        "source": _file_sha(NOTEBOOKS_DIR / f"{chapter}.py"),
+        "profile": _file_sha(profile_file(chapter)),
+        "parameters": json.loads(json.dumps(parameters, sort_keys=True, default=str)),
+        "data": _data_parts(data_dir, (reads or {}).get("archives")),
+        "modules": {m: _file_sha(SOURCE_ROOT / m) for m in modules},  # an absolute m stays absolute
+    }
+
+
+def chapter_stamp(chapter: str, parameters: dict, data_dir: Path | None, reads: dict | None = None) -> str:
+    """One digest of :func:`stamp_parts`."""
+    return _sha(json.dumps(stamp_parts(chapter, parameters, data_dir, reads), sort_keys=True).encode())
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def rerun_reasons(previous: dict | None, parts: dict) -> list[str]:
+    """Why a chapter must be executed again (empty: its last good output is up to date)."""
+    if not previous:
+        return ["not executed before"]
+    if previous.get("status") != "ok":
+        return ["its last execution failed"]
+    old = previous.get("parts")
+    if not old:
+        return ["its stamp is from an older medad"]
+    reasons = []
+    if old.get("source") != parts["source"]:
+        reasons.append("its notebook source changed")
+    if old.get("profile") != parts["profile"]:
+        reasons.append("its profile YAML changed")
+    if old.get("parameters") != parts["parameters"]:
+        reasons.append(f"parameters changed: {_listed(_changed(old.get('parameters', {}), parts['parameters']))}")
+    if old.get("data") != parts["data"]:
+        reasons.append(f"data changed: {_listed(_changed(old.get('data', {}), parts['data']))}")
+    if old.get("modules") != parts["modules"]:
+        reasons.append(f"medad code it imports changed: {_listed(_changed(old.get('modules', {}), parts['modules']))}")
+    return reasons
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _to_notebook(chapter: str, dest: Path) -> Path:
@@ -118,38 +195,58 @@ def _to_notebook(chapter: str, dest: Path) -> Path:
     return dest
 
 
-def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bool = False, extra: dict | None = None) -> ChapterOutcome:
-    """Execute one chapter with papermill unless its stamp is unchanged."""
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bool = False, extra: dict | None = None,
+                    echo=None) -> ChapterOutcome:
+    """Execute one chapter with papermill unless its stamp is unchanged; ``echo`` hears why it is executed."""
+    import nbformat
     import papermill
 
+    from medad.chapter import READS_FILE
+
+    echo = echo or (lambda line: None)
     parameters = {"profile": profile, "data_dir": str(data_dir) if data_dir else None, **(extra or {})}
     output = EXECUTED_DIR / f"{chapter}.ipynb"
     stamp_file = EXECUTED_DIR / f"{chapter}.stamp.json"
+    run_dir = REPO_ROOT / "runs" / f"{chapter}-{profile}"
+    previous = _read_json(stamp_file) if output.is_file() else None
     t0 = time.perf_counter()
     try:
-        stamp = chapter_stamp(chapter, parameters, data_dir)
-    except (ConfigError, FileNotFoundError, OSError) as exc:
-        return ChapterOutcome(chapter, "failed", 0.0, f"{type(exc).__name__}: {exc}")
-    if not force and output.is_file() and stamp_file.is_file():
-        previous = json.loads(stamp_file.read_text())
-        if previous.get("stamp") == stamp and previous.get("status") == "ok":
-            return ChapterOutcome(chapter, "cached", 0.0)
-    stamp_file.unlink(missing_ok=True)
-    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+        parts = stamp_parts(chapter, parameters, data_dir, (previous or {}).get("reads"))
+    except (MedadError, OSError) as exc:
+        return _failed(chapter, output, stamp_file, None, one_line(exc), 0.0)
+    reasons = ["--force"] if force else rerun_reasons(previous, parts)
+    if not reasons:
+        return ChapterOutcome(chapter, "cached", 0.0)
+    reason = "; ".join(reasons)
+    echo(f"  {chapter}: executing ({reason}) ...")
+    partial = REPO_ROOT / "build" / "executing" / f"{chapter}.ipynb"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
+    (run_dir / READS_FILE).unlink(missing_ok=True)
     # The kernel inherits this environment: figures must render inline even where
     # MPLBACKEND=Agg is set (tests, headless shells), or the book would have no plots.
-    kernel_env = {"MEDAD_RUN_DIR": str(REPO_ROOT / "runs" / f"{chapter}-{profile}"),
-                  "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    # It also imports the medad this process runs (first on its path), whatever the environment installed.
+    kernel_env = {"MEDAD_RUN_DIR": str(run_dir), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                  "PYTHONPATH": os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)}
     saved = {k: os.environ.get(k) for k in kernel_env}
     os.environ.update(kernel_env)
     try:
         source_nb = _to_notebook(chapter, REPO_ROOT / "build" / "notebooks" / f"{chapter}.ipynb")
         papermill.execute_notebook(
-            str(source_nb), str(output), parameters=parameters, kernel_name="python3",
+            str(source_nb), str(partial), parameters=parameters, kernel_name="python3",
             cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
         )
     except Exception as exc:  # a chapter's failure is reported at the end, never hides the others
-        return ChapterOutcome(chapter, "failed", time.perf_counter() - t0, _short_error(exc))
+        if getattr(exc, "ename", "") == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+            raise KeyboardInterrupt from exc
+        return _failed(chapter, output, stamp_file, partial, _short_error(exc), time.perf_counter() - t0, parts)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -157,8 +254,50 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
             else:
                 os.environ[key] = value
     seconds = time.perf_counter() - t0
-    stamp_file.write_text(json.dumps({"stamp": stamp, "status": "ok", "seconds": round(seconds, 1), "profile": profile}))
-    return ChapterOutcome(chapter, "executed", seconds)
+    reads = _read_json(run_dir / READS_FILE)
+    _write_atomic(output, nbformat.writes(nbformat.read(partial, as_version=4)))
+    partial.unlink(missing_ok=True)
+    # the stamp records the parts computed from what this execution read (its imports may have changed)
+    parts = stamp_parts(chapter, parameters, data_dir, reads)
+    _write_atomic(stamp_file, json.dumps({"chapter": chapter, "status": "ok", "seconds": round(seconds, 1), "profile": profile,
+                                          "reads": reads, "parts": parts}, indent=1))
+    return ChapterOutcome(chapter, "executed", seconds, reason=reason)
+
+
+def _failed(chapter: str, output: Path, stamp_file: Path, partial: Path | None, error: str, seconds: float,
+            parts: dict | None = None) -> ChapterOutcome:
+    """Install the failed execution (or mark the old output) with an error admonition; stamp it as failed."""
+    import nbformat
+
+    if partial is not None and partial.is_file():
+        nb = nbformat.read(partial, as_version=4)
+        partial.unlink()
+    elif output.is_file():
+        nb = nbformat.read(output, as_version=4)
+    else:
+        nb = _placeholder_notebook(chapter)
+    mark_failed(nb, chapter, error)
+    _write_atomic(output, nbformat.writes(nb))
+    _write_atomic(stamp_file, json.dumps({"chapter": chapter, "status": "failed", "error": error, "parts": parts}, indent=1))
+    return ChapterOutcome(chapter, "failed", seconds, error)
+
+
+def mark_failed(nb, chapter: str, error: str) -> None:
+    """Put (or replace) an error admonition under the notebook's title: the book then shows the chapter as failed."""
+    import nbformat
+
+    # papermill's own red banners (one above the title) give way to one admonition under the title
+    banners = {FAILURE_TAG, "papermill-error-cell-tag"}
+    nb.cells = [c for c in nb.cells if not banners & set(c.get("metadata", {}).get("tags", []))]
+    text = error.replace("`", "'")
+    cell = nbformat.v4.new_markdown_cell(
+        f":::{{admonition}} The last execution of this chapter failed\n:class: error\n\n`{text}`\n\n"
+        f"What follows stops at the failing cell. Fix the cause and run "
+        f"`python -m medad book --chapters {chapter}` (see \"When something goes wrong\" in Reproducing).\n:::"
+    )
+    cell.metadata["tags"] = [FAILURE_TAG]
+    first_is_title = bool(nb.cells) and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("#")
+    nb.cells.insert(1 if first_is_title else 0, cell)
 
 
 def _short_error(exc: Exception) -> str:
@@ -166,7 +305,7 @@ def _short_error(exc: Exception) -> str:
     evalue = getattr(exc, "evalue", str(exc))
     cell = getattr(exc, "exec_count", None)
     where = f" (cell {cell})" if cell else ""
-    return f"{ename}: {evalue}{where}".strip()[:2000]
+    return f"{ename}: {' '.join(str(evalue).split())}{where}".strip()[:2000]
 
 
 def build_html(quiet: bool = True) -> subprocess.CompletedProcess:
@@ -195,11 +334,18 @@ def build_book(profile: str = "quick", data_dir: str | None = None, chapters: li
     unknown = [c for c in chosen if c not in listed]
     if unknown:
         raise ConfigError(f"unknown chapter(s) {', '.join(unknown)}; chapters in _toc.yml: {', '.join(listed)}")
-    echo(f"medad book: profile={profile}, data={'real: ' + str(root) if root else 'synthetic (no data directory given)'}")
+    echo(f"medad book: profile={profile}, data={'from ' + str(root) if root else 'synthetic (no data directory given)'}")
+    _remove_stale_temporaries()
     outcomes = []
     for chapter in chosen:
-        echo(f"  {chapter}: executing ...")
-        outcome = execute_chapter(chapter, profile, root, force=force)
+        try:
+            outcome = execute_chapter(chapter, profile, root, force=force, echo=echo)
+        except KeyboardInterrupt:
+            again = " ".join(["python -m medad book --profile", profile, *(["--data-dir", str(root)] if root else []),
+                              *(["--chapters", ",".join(chapters)] if chapters else [])])
+            echo(f"interrupted while executing {chapter}: its previous executed notebook and stamp are kept, and the "
+                 f"chapters finished before it are saved; to continue, rerun: {again}")
+            return INTERRUPTED_EXIT
         outcomes.append(outcome)
         echo(f"  {chapter}: {outcome.status} ({outcome.seconds:.0f} s){'  ' + outcome.error if outcome.error else ''}")
     status = 0
@@ -223,10 +369,21 @@ def build_book(profile: str = "quick", data_dir: str | None = None, chapters: li
     return status
 
 
-def _placeholder(chapter: str) -> None:
+def _remove_stale_temporaries() -> None:
+    """Temporary files an interrupted build left behind (the outputs themselves were never touched)."""
+    for tmp in EXECUTED_DIR.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _placeholder_notebook(chapter: str):
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {chapter}\n\nThis chapter has not been executed yet: run `make book` (or `python -m medad book --chapters {chapter}`).")]
-    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, EXECUTED_DIR / f"{chapter}.ipynb")
+    return nb
+
+
+def _placeholder(chapter: str) -> None:
+    import nbformat
+
+    _write_atomic(EXECUTED_DIR / f"{chapter}.ipynb", nbformat.writes(_placeholder_notebook(chapter)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 import subprocess
 
 from medad.paths import REPO_ROOT
@@ -30,8 +31,16 @@ def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
-def _short(sha: str) -> str:
-    return sha[:12] + "…" if len(sha) == 64 else sha
+_HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def _checksum_cell(sha: str) -> str:
+    """A dataset's checksum as the table shows it: ``sha256 `abc…``` when verified (or made in memory), else the
+    loader's own words, e.g. "unverified (no published checksum); sha256 `abc…`" (a composed dataset joins parts with +)."""
+    parts = sha.split(" + ")
+    if all(_HEX64.fullmatch(p) for p in parts):
+        return "sha256 " + " + ".join(f"`{p[:12]}…`" for p in parts)
+    return _HEX64.sub(lambda m: f"`{m[0][:12]}…`", sha)
 
 
 def markdown_table(prov: dict) -> str:
@@ -48,9 +57,9 @@ def markdown_table(prov: dict) -> str:
     for item in prov.get("data", []):  # one row per dataset and source, its splits listed
         by_dataset.setdefault((item["dataset"], item["kind"]), []).append(item)
     for (name, kind), items in by_dataset.items():
-        shas = sorted({_short(i["sha256"]) for i in items})
+        shas = sorted({_checksum_cell(i["sha256"]) for i in items})
         sizes = ", ".join(f"{i['split']} {i['n']:,}" for i in items)
-        checksum = f"sha256 `{shas[0]}`" if len(shas) == 1 else "sha256 per split " + " ".join(f"`{s}`" for s in shas)
+        checksum = shas[0] if len(shas) == 1 else "per split: " + "; ".join(shas)
         rows.append((f"Data: {name}", f"**{kind}** ({sizes}), {checksum}"))
     if not prov.get("data"):
         rows.append(("Data", "none loaded"))

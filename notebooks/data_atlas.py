@@ -169,5 +169,112 @@ common.code_and_parameters("data_atlas", report.MODULES)
 # BMAD {cite}`bao2024bmad` and Derm7pt {cite}`kawahara2019derm7pt`. Download pages
 # are listed in the README and in `data/manifest.yml`.
 
+# %% [markdown]
+# ## LGG brain MRI and endoscopy: lesion against normal
+#
+# Three datasets give the anomaly-detection and lesion-vs-normal chapters real
+# data with both image- and pixel-level labels. `lgg_brain_ad` holds FLAIR
+# slices of 20 TCGA lower-grade-glioma patients
+# {cite}`buda2019lgg,mazurowski2017lgg,pedano2016tcgalgg` in the layout MVFA
+# reads BMAD's BrainMRI in: normal slices, tumour slices with their masks, and
+# patient-disjoint splits whose train split is normal only. It is the closest
+# open analogue of BMAD's BrainMRI, not BMAD. `hyperkvasir_normal` holds
+# HyperKvasir's normal lower-GI frames {cite}`borgli2020hyperkvasir`, and
+# `endoscopy_ad` puts them next to Kvasir-SEG's polyps {cite}`jha2020kvasir`
+# (normal 0, polyp 1; every split holds both). The table says what this run
+# read for each of them.
+
+# %% tags=["remove-input"]
+from medad.data import available_real as _available_real
+from medad.data.near_duplicates import THRESHOLD as _DUP_THRESHOLD
+
+lesion_names = [n for n in ("lgg_brain_ad", "hyperkvasir_normal", "endoscopy_ad") if dataset in (None, n)]
+lesion_real = _available_real(run.data_dir)
+lesion_n = min(cfg["stats_images"], 100)  # frames per dataset (per class for the overlay maps)
+
+
+def lesion_open(name, split):
+    return run.open_dataset(name, split, synthetic=not lesion_real[name])
+
+
+display(atlas.status_table(lesion_names, run.data_dir))
+
+# %% [markdown]
+# ### Test slices and frames with their masks
+#
+# The training split of `lgg_brain_ad` is normal only (as BMAD's), so the
+# grids below show test images, half normal and half abnormal, with the
+# lesion mask filled in gold. Normal images have an empty mask. The tables
+# count images per class and split, then give the size and intensity of a
+# seeded sample of test images.
+
+# %% tags=["remove-input"]
+for name in [n for n in lesion_names if n != "hyperkvasir_normal"]:
+    splits = {split: lesion_open(name, split) for split in ("train", "val", "test")}
+    test = splits["test"]
+    half = max(cfg["samples_per_grid"] // 2, 1)
+    shown = [int(i) for k in range(len(test.classes)) for i in np.flatnonzero(test.labels == k)[atlas.pick(int((test.labels == k).sum()), half, run.seed)]]
+    viz.sample_grid([test[i] for i in shown], test.classes, title=f"{test.display_name}: test images, lesion masks in gold", ncols=half)
+    plt.show()
+    display(Markdown(f"**{test.display_name}**: images per class and split"))
+    display(atlas.class_balance(splits))
+    stats = atlas.image_statistics(test, lesion_n, run.seed)
+    display(stats.groupby("class")[["height", "width", "mean", "std", "mask_fraction"]].mean().round(3).reindex(list(test.classes))
+            .rename(columns={"mean": "mean intensity (0-255)", "std": "contrast (std)", "mask_fraction": "mask share of the image"}))
+
+# %% [markdown]
+# ### Near-identical HyperKvasir frames
+#
+# HyperKvasir gives no patient or video id, and several frames of one
+# examination look the same. The loader groups frames whose 16x16 grayscale
+# thumbnails differ by less than {glue:text}`dup_threshold` gray levels on
+# average and keeps each group inside one split. It found
+# {glue:text}`dup_groups` such groups holding {glue:text}`dup_images` of
+# {glue:text}`dup_frames` frames. The largest groups of the training split are
+# shown below, each frame titled with its distance Δ to the group's first frame.
+
+# %% tags=["remove-input"]
+run.glue("dup_threshold", float(_DUP_THRESHOLD))
+if "hyperkvasir_normal" in lesion_names:
+    hk_splits = {split: lesion_open("hyperkvasir_normal", split) for split in ("train", "val", "test")}
+    hk_groups = {split: atlas.duplicate_groups(ds) for split, ds in hk_splits.items()}
+    run.glue("dup_groups", sum(len(g) for g in hk_groups.values()))
+    run.glue("dup_images", sum(len(m) for g in hk_groups.values() for m in g))
+    run.glue("dup_frames", sum(len(ds) for ds in hk_splits.values()))
+    if hk_groups["train"]:
+        atlas.plot_duplicate_groups(hk_splits["train"], hk_groups["train"])
+        plt.show()
+    else:
+        display(Markdown(f"No near-duplicate frames in {hk_splits['train'].display_name}."))
+else:
+    for key in ("dup_groups", "dup_images", "dup_frames"):
+        run.glue(key, "n/a")
+
+# %% [markdown]
+# ### On-screen overlays shared by both endoscopy sources
+#
+# Both sources show the scope's on-screen display: a black position box at
+# the lower left, white text at the left edge, and black corners. The maps
+# give, per pixel, the share of frames in which it is screen black (top) or
+# white text (bottom), for each source; the last column is the smaller of the
+# two shares, bright only where both sources carry the overlay. The box is in
+# {glue:text}`box_polyp:.0%` of the polyp frames but
+# {glue:text}`box_normal:.0%` of the normal frames, so a lesion-vs-normal
+# classifier can score well by looking at the box alone: check where it
+# looks (the attention chapters do) before trusting its accuracy.
+
+# %% tags=["remove-input"]
+if "endoscopy_ad" in lesion_names:
+    endo = lesion_open("endoscopy_ad", "train")
+    survey = atlas.overlay_by_class(endo, lesion_n, run.seed)
+    sources = {"normal": "HyperKvasir normal", "polyp": "Kvasir-SEG polyp"} if not endo.synthetic else {c: f"{c} (synthetic)" for c in endo.classes}
+    atlas.plot_overlay_maps(survey, sources, title=f"{endo.display_name} ({len(survey['normal']['box'])} + {len(survey['polyp']['box'])} training frames): on-screen overlays")
+    plt.show()
+    run.glue("box_polyp", float(survey["polyp"]["box"].mean()))
+    run.glue("box_normal", float(survey["normal"]["box"].mean()))
+else:
+    run.glue("box_polyp", "n/a")
+    run.glue("box_normal", "n/a")
+
 # %%
 record = run.finish()

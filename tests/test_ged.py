@@ -6,7 +6,7 @@ import torch
 from medad.errors import ConfigError
 from medad.metrics.bootstrap import bootstrap_ci
 from medad.metrics.ged import (
-    EMPTY_CONVENTIONS, distance_matrices, ged, ged_from_distances, ged_reference, hungarian_iou, pairwise_iou,
+    EMPTY_CONVENTIONS, _gram, distance_matrices, ged, ged_from_distances, ged_reference, hungarian_iou, pairwise_iou,
     sample_diversity,
 )
 
@@ -25,7 +25,19 @@ def random_sets(seed=0, b=6, n=5, m=4, size=7, p=0.3):
     y[1] = False  # all graders empty
     s[2, n - 1] = False
     y[2, 3] = False
+    s[3], y[3] = False, False  # an all-empty slice
     return s, y
+
+
+def lesion_sets(seed=0, b=5, n=16, m=4, size=128):
+    """LIDC-like masks: one small disc per mask near a common centre (often empty), so chunks are sparse."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    centre = rng.integers(size // 4, size - size // 4, (b, 1, 2)) + rng.integers(-3, 4, (b, n + m, 2))
+    radius = rng.uniform(2, 9, (b, n + m)) * (rng.random((b, n + m)) > 0.3)  # radius 0: an empty mask
+    discs = (yy - centre[..., :1, None]) ** 2 + (xx - centre[..., 1:, None]) ** 2 < radius[..., None, None] ** 2
+    discs[0] = False  # an all-empty slice
+    return discs[:, :n], discs[:, n:]
 
 
 # ----------------------------------------------------------------------------- hand-computed cases
@@ -105,6 +117,51 @@ def test_vectorised_matches_loop_reference(empty, include_diagonal):
         fast = ged(s, y, empty, include_diagonal).numpy()
         slow = ged_reference(s, y, empty, include_diagonal)
         np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("empty", EMPTY_CONVENTIONS)
+@pytest.mark.parametrize("include_diagonal", [True, False])
+def test_lidc_sized_sparse_masks_match_loop_reference(empty, include_diagonal):
+    s, y = lesion_sets(1)
+    fast = ged(s, y, empty, include_diagonal).numpy()
+    slow = ged_reference(s, y, empty, include_diagonal)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def brute_force_counts(*stacks):
+    x = np.concatenate(stacks, axis=1).reshape(len(stacks[0]), -1, stacks[0][0, 0].size).astype(np.int64)
+    return np.einsum("bip,bjp->bij", x, x)
+
+
+@pytest.mark.parametrize("method", ["popcount", "matmul"])
+@pytest.mark.parametrize("chunk", [None, 1, 4])
+def test_intersection_counts_are_exact(method, chunk):
+    # odd sizes (packed rows need padding), empty masks, all-empty slices, sparse and dense chunks
+    for s, y in (random_sets(8, b=7, size=9), random_sets(9, b=5, n=3, m=4, size=13, p=0.9), lesion_sets(2, b=4, size=37)):
+        g = _gram([torch.from_numpy(s), torch.from_numpy(y)], method=method, chunk=chunk)
+        assert g.dtype == torch.float32
+        np.testing.assert_array_equal(g.numpy(), brute_force_counts(s, y))
+
+
+def test_all_empty_chunks_give_zero_counts():
+    s = torch.zeros(3, 4, 10, 10, dtype=torch.bool)
+    for method in ("popcount", "matmul"):
+        assert not _gram([s], method=method, chunk=2).any()
+
+
+def test_gram_rejects_unknown_method_bad_chunks_and_huge_masks():
+    with pytest.raises(ConfigError, match="method"):
+        _gram([torch.zeros(1, 2, 4, 4, dtype=torch.bool)], method="loop")
+    with pytest.raises(ConfigError, match="chunk"):
+        distance_matrices(*random_sets(0), chunk=0)
+    huge = torch.zeros(1, 1, 4097, 4097, dtype=torch.bool)  # 2^24 + 8,193 pixels
+    with pytest.raises(ConfigError, match="2\\^24"):
+        ged(huge, huge)
+
+
+def test_pairwise_iou_of_a_set_with_itself_equals_two_sets():
+    s, _ = random_sets(10)
+    np.testing.assert_array_equal(pairwise_iou(s, s).numpy(), pairwise_iou(s, s.copy()).numpy())
 
 
 def test_first_n_samples_equals_recomputation():
@@ -192,6 +249,8 @@ def test_patient_bootstrap():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the GPU path of the GED is untested in this run")
 def test_gpu_matches_cpu():
     s, y = random_sets(4, b=20, size=32)
-    cpu = ged_from_distances(distance_matrices(s, y))
-    gpu = ged_from_distances(distance_matrices(s, y, device="cuda"))
-    assert torch.allclose(cpu, gpu, atol=1e-6)
+    cpu, gpu = distance_matrices(s, y), distance_matrices(s, y, device="cuda")  # popcount vs float product
+    for term in ("sy", "ss", "yy"):  # exact counts on both: identical, NaNs included
+        assert torch.equal(getattr(cpu, term).nan_to_num(-1), getattr(gpu, term).nan_to_num(-1))
+    on_gpu = distance_matrices(torch.from_numpy(s).cuda(), torch.from_numpy(y))  # inputs already on the GPU
+    assert torch.equal(on_gpu.ss.nan_to_num(-1), cpu.ss.nan_to_num(-1))

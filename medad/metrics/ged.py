@@ -31,10 +31,14 @@ Two empty masks (``empty``)
         empty-empty pairs are left out of every expectation (NaN only where a term has no
         pair left).
 
-All functions are vectorised over images x samples x graders with torch (CPU or CUDA):
-intersections are one batched matrix product of the flattened masks, exact in float32
-for masks of up to 2^24 pixels. :func:`ged_reference` is the plain per-image loop used to
-test (and time) them.
+All intersections of one image's N + M masks are the entries of one Gram matrix X X^T of
+the flattened 0/1 masks X ((N + M) x pixels); the mask sizes are its diagonal, and every
+union, IoU and expectation above follows from it with no further pass over the pixels. On
+the CPU it is computed by bit counting on masks packed 64 pixels to a word, on a GPU by one
+batched float32 product per chunk of images; both are exact integer counts (masks of up to
+2^24 pixels), so every convention gives the same numbers either way. :func:`ged_reference`
+is the plain per-image loop used to test them (benchmarks/ged_speed.py times them against
+the official code's per-pair confusion matrices).
 """
 from __future__ import annotations
 
@@ -46,7 +50,10 @@ import torch
 from medad.errors import ConfigError
 
 EMPTY_CONVENTIONS = ("match", "official", "ignore")
-_CHUNK_BYTES = 192 * 2**20  # float copies of one chunk of masks stay below this
+_CHUNK_BYTES = 192 * 2**20  # on a GPU, the float copy of one chunk of masks stays below this
+# on the CPU, a chunk's working copy stays in the cache: ~25 images of 20 masks at 128x128 packed to bits,
+# ~3 as floats
+_CPU_CHUNK_BYTES = {"popcount": 1 * 2**20, "matmul": 4 * 2**20}
 
 
 def _check_empty(empty: str) -> None:
@@ -74,16 +81,94 @@ def _check_pair(samples: torch.Tensor, graders: torch.Tensor) -> None:
         raise ConfigError("need at least one sample and one grader mask per image")
 
 
-def _bbox_crop(*stacks: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Crop all stacks to the bounding box of their union: IoUs are unchanged, the products get smaller."""
-    union = torch.zeros(stacks[0].shape[-2:], dtype=torch.bool, device=stacks[0].device)
-    for s in stacks:
-        union |= s.any(dim=0).any(dim=0)
-    rows, cols = torch.nonzero(union.any(dim=1)), torch.nonzero(union.any(dim=0))
+def _bbox(occupied: torch.Tensor) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of an (H, W) occupancy map; one pixel when it is empty."""
+    rows, cols = torch.nonzero(occupied.any(dim=1)), torch.nonzero(occupied.any(dim=0))
     if len(rows) == 0:
-        return tuple(s[..., :1, :1] for s in stacks)  # all empty: one pixel keeps shapes valid
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return tuple(s[..., r0:r1, c0:c1] for s in stacks)
+        return slice(0, 1), slice(0, 1)  # all empty: one pixel keeps the shapes valid (every count is 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _popcount_gram(parts: list[np.ndarray]) -> np.ndarray:
+    """X X^T of one chunk by bit counting: masks packed 64 pixels to a word, |a & b| = popcount(a AND b).
+
+    parts: bool (c, K_i, H, W) -> int32 (c, K, K), K = sum of K_i. Words that are zero in every
+    mask of the chunk are dropped first (they add nothing: the packed analogue of a bounding-box
+    crop); only the upper triangle is counted (the matrix is symmetric), one row of masks at a
+    time so that the temporaries stay in the cache.
+    """
+    c = parts[0].shape[0]
+    packed = np.concatenate([np.packbits(p.reshape(c, p.shape[1], -1), axis=-1) for p in parts], axis=1)
+    pad = -packed.shape[-1] % 8  # whole 64-bit words; packbits and this padding add only zero bits
+    if pad:
+        packed = np.concatenate([packed, np.zeros((*packed.shape[:2], pad), np.uint8)], axis=-1)
+    words = packed.view(np.uint64)
+    used = np.bitwise_or.reduce(words.reshape(-1, words.shape[-1]), axis=0) != 0
+    if not used.all():
+        words = words[:, :, used]
+    k = words.shape[1]
+    gram = np.empty((c, k, k), np.int32)
+    for i in range(k):
+        row = np.bitwise_count(words[:, i : i + 1] & words[:, i:]).sum(-1, dtype=np.int32)
+        gram[:, i, i:] = row
+        gram[:, i:, i] = row
+    return gram
+
+
+def _gram(stacks: list[torch.Tensor], device=None, chunk: int | None = None, method: str | None = None) -> torch.Tensor:
+    """Pixel counts of all pairwise intersections of each image's masks: (B, K, K) float32 on the CPU.
+
+    With the K masks of one image (the stacks joined along axis 1) flattened to 0/1 rows X
+    (K x P), the counts are X X^T: intersections off the diagonal, mask sizes on it, computed
+    chunk by chunk of images in one of two exact ways (``method``):
+
+    ``"popcount"`` (default on the CPU)
+        masks packed to bits, counts by popcount(a AND b) over the upper triangle: 1/32 of the
+        memory traffic and about half the pairs of a float product.
+    ``"matmul"`` (default on a GPU, or where NumPy lacks ``bitwise_count``)
+        one batched float32 product per chunk, cropped to the bounding box of the chunk's masks
+        and cast into a reused buffer. Exact because P <= 2^24 (checked): products of 0/1 are
+        exact and the sums are float32, also under TF32.
+    """
+    B, H, W = stacks[0].shape[0], *stacks[0].shape[2:]
+    if H * W > 2**24:
+        raise ConfigError(f"masks of {H}x{W} pixels exceed 2^24: intersection counts would not be exact in float32")
+    target = torch.device(device) if device is not None else stacks[0].device
+    if method is None:
+        method = "popcount" if target.type == "cpu" and hasattr(np, "bitwise_count") else "matmul"
+    if method not in ("popcount", "matmul") or (method == "popcount" and target.type != "cpu"):
+        raise ConfigError(f"method must be 'matmul', or 'popcount' on the CPU; got {method!r} on {target}")
+    bounds = np.cumsum([0] + [s.shape[1] for s in stacks])
+    K = int(bounds[-1])
+    if chunk is None:
+        per_image = K * H * W / 8 if method == "popcount" else 4 * K * H * W
+        chunk = int((_CHUNK_BYTES if target.type != "cpu" else _CPU_CHUNK_BYTES[method]) // per_image)
+    elif chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of images, got {chunk}")
+    chunk = max(1, min(chunk, B))
+    buffer = torch.empty(chunk * K * H * W, device=target) if method == "matmul" else None
+    gram = torch.empty(B, K, K)
+    for start in range(0, B, chunk):
+        stop = min(start + chunk, B)
+        parts = [s[start:stop].to(target) for s in stacks]
+        if method == "popcount":
+            gram[start:stop] = torch.from_numpy(_popcount_gram([p.numpy() for p in parts]))
+            continue
+        parts = [p.view(torch.uint8) for p in parts]  # bool as 0/1 bytes: fast reductions and casts
+        occupied = parts[0].flatten(0, 1).amax(0)
+        for p in parts[1:]:
+            occupied = torch.maximum(occupied, p.flatten(0, 1).amax(0))
+        rows, cols = _bbox(occupied)  # IoUs are unchanged, the product gets smaller
+        h, w = rows.stop - rows.start, cols.stop - cols.start
+        x = buffer[: (stop - start) * K * h * w].view(stop - start, K, h, w)
+        for p, k0, k1 in zip(parts, bounds[:-1], bounds[1:]):
+            x[:, k0:k1].copy_(p[:, :, rows, cols])
+        x = x.flatten(2)
+        if target.type == "cpu":
+            torch.bmm(x, x.transpose(1, 2), out=gram[start:stop])
+        else:
+            gram[start:stop] = torch.bmm(x, x.transpose(1, 2)).cpu()
+    return gram
 
 
 def _iou_from_counts(inter: torch.Tensor, size_a: torch.Tensor, size_b: torch.Tensor, empty: str) -> torch.Tensor:
@@ -97,16 +182,21 @@ def _iou_from_counts(inter: torch.Tensor, size_a: torch.Tensor, size_b: torch.Te
 def pairwise_iou(a, b, empty: str = "match") -> torch.Tensor:
     """IoU of every mask in ``a`` with every mask in ``b``, image by image.
 
-    a: bool (B, Na, H, W), b: bool (B, Nb, H, W) -> float32 (B, Na, Nb).
+    a: bool (B, Na, H, W), b: bool (B, Nb, H, W) -> float32 (B, Na, Nb) on the CPU.
     Two empty masks give 1 under ``empty="match"``, NaN otherwise.
     """
     _check_empty(empty)
+    same = a is b
     a, b = _as_bool_tensor(a, "a"), _as_bool_tensor(b, "b")
     _check_pair(a, b)
-    a, b = _bbox_crop(a, b)
-    af, bf = a.flatten(2).float(), b.flatten(2).float()
-    inter = af @ bf.transpose(1, 2)
-    return _iou_from_counts(inter, af.sum(-1), bf.sum(-1), empty)
+    if same:  # e.g. the graders against themselves: one set of masks, one product
+        g = _gram([a])
+        sizes = g.diagonal(dim1=1, dim2=2)
+        return _iou_from_counts(g, sizes, sizes, empty)
+    g = _gram([a, b])
+    na = a.shape[1]
+    sizes = g.diagonal(dim1=1, dim2=2)
+    return _iou_from_counts(g[:, :na, na:], sizes[:, :na], sizes[:, na:], empty)
 
 
 @dataclass
@@ -152,23 +242,16 @@ def distance_matrices(samples, graders, empty: str = "match", device=None, chunk
     _check_empty(empty)
     samples, graders = _as_bool_tensor(samples, "samples"), _as_bool_tensor(graders, "graders")
     _check_pair(samples, graders)
-    B, N, H, W = samples.shape
-    M = graders.shape[1]
-    if chunk is None:
-        chunk = max(1, _CHUNK_BYTES // (4 * (N + M) * H * W))
-    out_sy, out_ss, out_yy, out_se, out_ge = [], [], [], [], []
-    for start in range(0, B, chunk):
-        s = samples[start : start + chunk].to(device) if device else samples[start : start + chunk]
-        y = graders[start : start + chunk].to(device) if device else graders[start : start + chunk]
-        s, y = _bbox_crop(s, y)
-        sf, yf = s.flatten(2).float(), y.flatten(2).float()
-        size_s, size_y = sf.sum(-1), yf.sum(-1)
-        out_sy.append((1 - _iou_from_counts(sf @ yf.transpose(1, 2), size_s, size_y, empty)).cpu())
-        out_ss.append((1 - _iou_from_counts(sf @ sf.transpose(1, 2), size_s, size_s, empty)).cpu())
-        out_yy.append((1 - _iou_from_counts(yf @ yf.transpose(1, 2), size_y, size_y, empty)).cpu())
-        out_se.append((size_s == 0).cpu())
-        out_ge.append((size_y == 0).cpu())
-    return DistanceMatrices(torch.cat(out_sy), torch.cat(out_ss), torch.cat(out_yy), empty, torch.cat(out_se), torch.cat(out_ge))
+    N = samples.shape[1]
+    g = _gram([samples, graders], device=device, chunk=chunk)
+    sizes = g.diagonal(dim1=1, dim2=2)
+    size_s, size_y = sizes[:, :N], sizes[:, N:]
+    return DistanceMatrices(
+        1 - _iou_from_counts(g[:, :N, N:], size_s, size_y, empty),
+        1 - _iou_from_counts(g[:, :N, :N], size_s, size_s, empty),
+        1 - _iou_from_counts(g[:, N:, N:], size_y, size_y, empty),
+        empty, size_s == 0, size_y == 0,
+    )
 
 
 def _pair_mean(d: torch.Tensor, skip_nan: bool, include_diagonal: bool) -> torch.Tensor:

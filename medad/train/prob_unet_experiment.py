@@ -6,6 +6,9 @@ Used by the chapter notebook (quick/full profiles) and by the long CPU run::
         --name long-cpu-<date> --threads 1
 
 which writes small result files (no images, no weights) under ``results/prob_unet/<name>/``.
+Its options and the profile are validated against the chapter's schema before any work; a
+rerun with the same name resumes from the checkpoints when the settings are the same and is
+refused when they differ (``--fresh`` deletes the run's checkpoints and starts again).
 
 Protocol: patient-level train/val/test split from ``data/splits/lidc.json``; every model is
 trained on a random grader's mask per slice and step, selected on the validation split
@@ -19,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medad.errors import ConfigError
+from medad.errors import ConfigError, command_line
 from medad.metrics.bootstrap import bootstrap_ci
 from medad.metrics.ged import distance_matrices, ged_from_distances, hungarian_iou, sample_diversity
 from medad.models.ambiguous import MODELS, TITLES, build_model
@@ -155,7 +159,7 @@ def train_models(cfg: dict, data: dict, device: str, checkpoint_root: str | os.P
         settings = train_settings(cfg, len(data["train"]["images"]), device, seed)
         ckpt = Path(checkpoint_root) / name if checkpoint_root else None
         results[name] = train(model, data["train"], data["val"], settings, checkpoint_dir=ckpt,
-                              progress=progress, desc=TITLES[name])
+                              progress=progress, desc=TITLES[name], model_config=model_options(cfg, name))
     return results
 
 
@@ -344,15 +348,16 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, device
     from medad.data import open_dataset
     from medad.runtime import device_description, resolve_device, seed_everything
 
+    cfg = profiles.resolve_named(CHAPTER, profile, {"threads": threads, "device": device, "models": models}, drop=("oracle",))
+    threads = cfg.get("threads") or 1
     torch.set_num_threads(threads)
-    cfg = dict(profiles.load(CHAPTER)[profile])
     seed = int(cfg.get("seed", 0))
     dev = resolve_device(device or cfg.get("device", "auto"))
     seed_everything(seed)
     started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), chapter_commit()
     datasets = {s: open_dataset("lidc", s, data_dir, seed=seed) for s in ("train", "val", "test")}
     data = prepare_data(datasets, cfg)
-    trained = train_models(cfg, data, dev, checkpoint_root=checkpoint_root / name, progress=True, models=models)
+    trained = train_models(cfg, data, dev, checkpoint_root=checkpoint_root / name, progress=True)
     counts = cfg["sample_counts"]
     evals = {}
     for mname, res in trained.items():
@@ -399,10 +404,10 @@ def run_oracle(profile: str, name: str, threads: int, device: str | None, out_ro
     from medad.data import open_dataset
     from medad.runtime import device_description, resolve_device, seed_everything
 
+    overrides = {**(profiles.load(CHAPTER)[profile].get("oracle") or {}), "threads": threads, "device": device}
+    cfg = profiles.resolve_named(CHAPTER, profile, overrides, drop=("oracle",))
+    threads = cfg.get("threads") or 1
     torch.set_num_threads(threads)
-    base = dict(profiles.load(CHAPTER)[profile])
-    cfg = {**base, **(base.get("oracle") or {})}
-    cfg.pop("oracle", None)
     seed = int(cfg.get("seed", 0))
     dev = resolve_device(device or cfg.get("device", "auto"))
     seed_everything(seed)
@@ -426,21 +431,41 @@ def run_oracle(profile: str, name: str, threads: int, device: str | None, out_ro
     return out
 
 
+def check_run_name(name: str) -> str:
+    """A run name becomes a folder name: letters, digits, '.', '_' and '-' only."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise ConfigError(f"--name {name!r}: a run name is a folder name; use letters, digits, '.', '_' and '-'")
+    return name
+
+
+@command_line("python -m medad.train.prob_unet_experiment",
+              on_interrupt="finished models and checkpoints are kept; to resume, rerun")
 def main(argv=None) -> None:
+    import shutil
+
     from medad.paths import REPO_ROOT, RESULTS_DIR
 
     ap = argparse.ArgumentParser(description="Train and evaluate the Prob. U-Net chapter's models; write results/prob_unet/<name>/")
     ap.add_argument("--profile", default="long_cpu", help="a mapping in medad/profiles/prob_unet.yml (long_cpu, full, quick)")
     ap.add_argument("--data-dir", default=None, help="folder with the archives (default: $MEDAD_DATA; none -> synthetic)")
     ap.add_argument("--name", required=True, help="run name: results/prob_unet/<name>/")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch (>= 1)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--models", default=None, help="comma-separated subset of the profile's models")
     ap.add_argument("--checkpoints", default=str(REPO_ROOT / "runs" / "prob_unet-checkpoints"),
-                    help="checkpoint folder (not committed); a rerun with the same name resumes")
+                    help="checkpoint folder (not committed); a rerun with the same name and settings resumes")
+    ap.add_argument("--fresh", action="store_true", help="delete this run's checkpoints first and train from scratch")
     ap.add_argument("--stage", choices=("main", "oracle", "all"), default="all",
                     help="main: LIDC models; oracle: the synthetic oracle check (profile's `oracle` settings); all: both")
     args = ap.parse_args(argv)
+    check_run_name(args.name)
+    if args.fresh:
+        for folder in (Path(args.checkpoints) / args.name, Path(args.checkpoints) / f"{args.name}-oracle"):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                print(f"--fresh: removed {folder}")
     if args.stage in ("main", "all"):
         out = run_long(args.profile, args.data_dir, args.name, args.threads, args.device, RESULTS_DIR / CHAPTER,
                        Path(args.checkpoints), models=args.models.split(",") if args.models else None)
@@ -451,4 +476,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,13 +7,15 @@
 - validation GED on a fixed subset of the validation split every ``val_every`` steps; the
   weights with the lowest validation GED are the ones returned (model selection never sees test);
 - a checkpoint (``last.pt``: weights, optimiser, every random-number state, history, best
-  weights) every ``checkpoint_every`` steps, and resumption from it: on the CPU a resumed run
-  reproduces the uninterrupted one exactly;
+  weights, the run's settings) every ``checkpoint_every`` steps, and resumption from it: on the
+  CPU a resumed run reproduces the uninterrupted one exactly. A checkpoint written under other
+  settings (schedule, seed, data, model) is refused with the differences named, never resumed
+  under the new ones; temporary files of an interrupted save are removed at the next start;
 - a non-finite loss stops training with :class:`NonFiniteLossError` instead of training on NaN.
 """
 from __future__ import annotations
 
-import copy
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -129,6 +131,53 @@ def data_fingerprint(data: dict) -> str:
     return f"{images.shape}:{hashlib.sha256(np.ascontiguousarray(probe).tobytes()).hexdigest()[:16]}"
 
 
+# Settings that may change between a run and its resumption: they do not alter what is trained.
+# (`iterations` may grow too, when the learning rates of the steps already done stay the same.)
+RESUMABLE_CHANGES = {"device", "checkpoint_every", "log_every", "max_minutes", "iterations"}
+
+
+def settings_differences(saved: dict, now: dict) -> list[str]:
+    """'name: old -> new' for every setting that differs (lists and tuples compare alike)."""
+    def norm(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    return [f"{k}: {norm(saved.get(k))} -> {norm(now.get(k))}" for k in sorted(set(saved) | set(now))
+            if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(now.get(k))]
+
+
+def _check_resumable(ck: dict, ckpt_path: Path, model, settings: dict, model_config: dict, data: str) -> None:
+    """Refuse a checkpoint written for another model, schedule, seed or training set."""
+    differences = []
+    if ck["kind"] != getattr(model, "kind", type(model).__name__):
+        differences.append(f"model: {ck['kind']} -> {getattr(model, 'kind', type(model).__name__)}")
+    saved = ck.get("settings", {})
+    differences += settings_differences(saved, settings)
+    if saved.get("iterations", settings["iterations"]) != settings["iterations"]:
+        before = TrainSettings(**{**settings, **{k: v for k, v in saved.items() if k in settings}})
+        now = TrainSettings(**settings)
+        if now.iterations < ck["step"] or any(before.lr_at(k) != now.lr_at(k) for k in range(ck["step"])):
+            differences.append(f"iterations: {before.iterations} -> {now.iterations}, which changes the "
+                               f"learning rates of the {ck['step']} steps already done")
+    differences += settings_differences(ck.get("model_config", {}), model_config) if "model_config" in ck else []
+    if ck.get("data") != data:
+        differences.append(f"other training data ({ck.get('data')} -> {data})")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    saved_shapes = ck.get("shapes", shapes)  # checkpoints from before shapes were stored: load_state_dict checks
+    changed = sorted(k for k in set(shapes) | set(saved_shapes) if saved_shapes.get(k) != shapes.get(k))
+    if changed:
+        differences.append(f"network layout: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
+    if differences:
+        raise _refuse(ckpt_path, "; ".join(differences))
+
+
+def _refuse(ckpt_path: Path, differences: str) -> ConfigError:
+    return ConfigError(
+        f"{ckpt_path} is a checkpoint of a run with other settings ({differences}); resuming it would mix the two. "
+        f"To start afresh, delete {ckpt_path.parent} (from the command line: add --fresh), "
+        "or give this run another name or checkpoint folder"
+    )
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -137,8 +186,12 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train(model: torch.nn.Module, train_data: dict, val_data: dict, settings: TrainSettings,
           checkpoint_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-          desc: str = "train") -> TrainResult:
-    """Train ``model`` (it needs ``loss`` and ``sample``) and return it with the best validation weights loaded."""
+          desc: str = "train", model_config: dict | None = None) -> TrainResult:
+    """Train ``model`` (it needs ``loss`` and ``sample``) and return it with the best validation weights loaded.
+
+    ``model_config``: the options the model was built with, stored in the checkpoint so that a
+    resumption with other options is refused by name (the layout is compared in any case).
+    """
     from tqdm.auto import tqdm
 
     _check_data(train_data, "train_data")
@@ -156,16 +209,19 @@ def train(model: torch.nn.Module, train_data: dict, val_data: dict, settings: Tr
     step, elapsed, history, val_history = 0, 0.0, [], []
     best = {"step": 0, "ged": float("inf"), "state": None}
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    model_config = json.loads(json.dumps(model_config or {}, default=str))
+    fingerprint = data_fingerprint(train_data)
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_path.parent.glob("*.tmp"):  # a save interrupted before its rename
+            stale.unlink()
         if resume and ckpt_path.is_file():
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if ck["kind"] != getattr(model, "kind", type(model).__name__):
-                raise ConfigError(f"{ckpt_path} holds a {ck['kind']!r} checkpoint, not {getattr(model, 'kind', '')!r}; use another folder")
-            if ck.get("data") != data_fingerprint(train_data) or ck.get("settings", {}).get("seed") != s.seed:
-                raise ConfigError(f"{ckpt_path} was written for other training data or another seed; "
-                                  "delete it or use another checkpoint folder to start afresh")
-            model.load_state_dict(ck["model"])
+            _check_resumable(ck, ckpt_path, model, asdict(s), model_config, fingerprint)
+            try:
+                model.load_state_dict(ck["model"])
+            except RuntimeError as exc:  # an old checkpoint of another layout (no stored shapes)
+                raise _refuse(ckpt_path, f"network layout: {str(exc).splitlines()[-1].strip()}") from None
             opt.load_state_dict(ck["optimizer"])
             rng.bit_generator.state = ck["numpy_rng"]
             torch.set_rng_state(ck["torch_rng"])
@@ -182,7 +238,8 @@ def train(model: torch.nn.Module, train_data: dict, val_data: dict, settings: Tr
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if str(device).startswith("cuda") else None,
             "generator": gen.get_state(), "step": step, "elapsed": elapsed, "history": history,
-            "val_history": val_history, "best": best, "settings": asdict(s), "data": data_fingerprint(train_data),
+            "val_history": val_history, "best": best, "settings": asdict(s), "data": fingerprint,
+            "model_config": model_config, "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
         }, ckpt_path)
 
     def validate() -> None:

@@ -1,0 +1,149 @@
+"""Validation of a chapter's parameters against the typed schema its profile declares.
+
+Every chapter's ``medad/profiles/<chapter>.yml`` has, next to its ``quick`` and
+``full`` values, a ``schema`` mapping that declares each parameter::
+
+    schema:
+      epochs:   {type: int, min: 1, help: "passes over the training images"}
+      lr:       {type: float, gt: 0, help: "learning rate"}
+      datasets: {type: "list[str]", choices: [lgg_brain_ad, endoscopy_ad], help: "..."}
+      threads:  {type: int, min: 1, optional: true, help: "CPU threads; null = torch default"}
+
+Types: ``int``, ``float``, ``bool``, ``str``, ``list[int]``, ``list[float]``, ``list[str]``
+and ``dict[str, int]`` (a name -> count mapping). Keys: ``min``/``max`` (inclusive),
+``gt``/``lt`` (exclusive), ``choices``, ``optional`` (``null`` allowed) and ``help``.
+For a list, the bounds and choices apply to every element.
+
+:func:`validate` builds a pydantic model from that declaration and checks a whole
+parameter mapping at once; ``medad.profiles.resolve`` calls it, so a notebook's
+parameters (papermill ``-p``), ``python -m medad book`` and the module command
+lines all go through this one check. Rules beyond pydantic's defaults:
+
+- an unknown parameter is an error that lists the known ones;
+- a bare string is never read as a list (``-p models unet`` would otherwise be
+  ``['u', 'n', 'e', 't']``): give a list (``-y "models: [unet]"``);
+- an int must be a whole number: ``2.5`` and ``True`` are refused; a string of
+  digits (``papermill -r seed 3``) is read as the number, as pydantic does;
+- a float accepts ints and numeric strings, never booleans.
+
+Errors are :class:`~medad.errors.ConfigError` naming the chapter, the
+parameter, the value given and what is allowed.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal, Optional
+
+import annotated_types as at
+import pydantic
+from pydantic import BeforeValidator
+
+from medad.errors import ConfigError
+
+SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+TYPES = (*SCALARS, "list[int]", "list[float]", "list[str]", "dict[str, int]")
+SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "optional", "help"}
+
+
+def _no_bool(value):
+    # pydantic reads True as 1 for numbers; a flag given for a count is a mistake, not a 1
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+def _no_bare_string(value):
+    if isinstance(value, str):
+        raise ValueError("a list is expected, not a single string; give a list, e.g. -y \"name: [a, b]\"")
+    return value
+
+
+def _element_type(name: str, spec: dict):
+    """The annotated type of one value (or of each element of a list) with its bounds and choices."""
+    base = SCALARS[name]
+    if "choices" in spec:
+        return Literal[tuple(spec["choices"])]
+    bounds = [at.Ge(spec["min"])] if "min" in spec else []
+    bounds += [at.Le(spec["max"])] if "max" in spec else []
+    bounds += [at.Gt(spec["gt"])] if "gt" in spec else []
+    bounds += [at.Lt(spec["lt"])] if "lt" in spec else []
+    checks = [BeforeValidator(_no_bool)] if base in (int, float) else []
+    return Annotated[(base, *bounds, *checks)] if bounds or checks else base
+
+
+def _field_type(chapter: str, param: str, spec) -> Any:
+    where = f"medad/profiles/{chapter}.yml, schema.{param}"
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{where}: needs a mapping with a 'type' (one of {', '.join(TYPES)})")
+    extra = set(spec) - SPEC_KEYS
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(SPEC_KEYS))}")
+    kind = str(spec["type"]).replace(" ", "")
+    if kind not in {t.replace(" ", "") for t in TYPES}:
+        raise ConfigError(f"{where}: type {spec['type']!r} is not one of {', '.join(TYPES)}")
+    if kind in SCALARS:
+        typ = _element_type(kind, spec)
+    elif kind.startswith("list["):
+        typ = Annotated[list[_element_type(kind[5:-1], spec)], BeforeValidator(_no_bare_string)]
+    else:  # dict[str, int]: the bounds apply to the counts
+        typ = dict[str, _element_type("int", {k: v for k, v in spec.items() if k != "choices"})]
+    return Optional[typ] if spec.get("optional") else typ
+
+
+@functools.lru_cache(maxsize=None)
+def _model(chapter: str, schema_key: str) -> type[pydantic.BaseModel]:
+    from medad import profiles
+
+    schema = profiles.schema(chapter)
+    # a profile need not set every declared parameter (the chapter then uses its own default)
+    fields = {name: (_field_type(chapter, name, spec), None) for name, spec in schema.items()}
+    config = pydantic.ConfigDict(extra="forbid")
+    return pydantic.create_model(f"{chapter}_parameters", __config__=config, **fields)
+
+
+def _allowed(spec: dict) -> str:
+    """What a schema entry accepts, in words, for error messages and the parameter table."""
+    rules = ["one of " + ", ".join(map(str, spec["choices"]))] if "choices" in spec else []
+    rules += [f"{word} {spec[key]}" for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if key in spec]
+    rules += ["or null"] if spec.get("optional") else []
+    return ", ".join([str(spec["type"]), *rules])
+
+
+def validate(chapter: str, values: dict) -> dict:
+    """``values`` checked against the chapter's schema; returns them converted (``"3"`` -> 3 for an int)."""
+    from medad import profiles
+
+    schema = profiles.schema(chapter)
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ConfigError(f"{chapter}: unknown parameter(s) {', '.join(unknown)}; "
+                          f"known parameters: {', '.join(sorted(schema))}")
+    model = _model(chapter, profiles.schema_key(chapter))
+    try:
+        checked = model(**values)
+    except pydantic.ValidationError as exc:
+        problems = {}
+        for err in exc.errors():  # the first problem of each parameter
+            name = str(err["loc"][0])
+            if name in problems:
+                continue
+            spec = schema[name]
+            element = f" (element {err['loc'][1]!r})" if len(err["loc"]) > 1 and "[" in str(spec["type"]) else ""
+            why = err["msg"].replace("Value error, ", "").replace("Input should be", "must be")
+            problems[name] = (f"parameter {name!r} = {values.get(name)!r}{element}: {why}; "
+                              f"allowed: {_allowed(spec)}" + (f" ({spec['help']})" if spec.get("help") else ""))
+        lines = list(problems.values())
+        raise ConfigError(f"{chapter}: " + "; ".join(lines)) from None
+    return {name: getattr(checked, name) for name in values}
+
+
+def parameter_table(chapter: str) -> list[dict]:
+    """One row per declared parameter: name, quick value, full value, what is allowed, help (for the book)."""
+    from medad import profiles
+
+    data = profiles.load(chapter)
+    return [
+        {"name": name, "quick": data["quick"].get(name), "full": data["full"].get(name),
+         "allowed": _allowed(spec), "help": spec.get("help", "")}
+        for name, spec in profiles.schema(chapter).items()
+    ]
