@@ -37,11 +37,12 @@ samples_per_grid = None
 stats_images = None
 
 # %% tags=["remove-input"]
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from medad import atlas
+from medad import atlas, viz
 from medad.chapter import ChapterRun
 from medad.data import available_real, list_datasets
 from medad.data.lidc import grader_count

@@ -92,16 +92,17 @@ def test_headline_table_puts_run_and_reported_side_by_side():
 
 
 def test_parameters_table_from_profile_with_schema_help(tmp_path, monkeypatch):
+    from medad import profiles
+
     (tmp_path / "demo.yml").write_text(
-        "quick:\n  epochs: 2        # passes (comment)\n  datasets: [a, b]\n"
+        "quick:\n  epochs: 2\n  datasets: [a, b]\n"
         "full:\n  epochs: 50\n  datasets: [a, b, c]\n"
-        "schema:\n  epochs: {type: int, min: 1, help: 'passes over the training images'}\n")
-    monkeypatch.setattr(common, "PROFILE_DIR", tmp_path)
+        "schema:\n  epochs: {type: int, min: 1, help: 'passes over the training images'}\n"
+        "  datasets: {type: 'list[str]'}\n")
+    monkeypatch.setattr(profiles, "PROFILE_DIR", tmp_path)
     table = common.parameters_table("demo").set_index("parameter")
-    assert table.loc["epochs"].tolist() == ["2", "50", "passes over the training images"]
-    assert table.loc["datasets"].tolist() == ["a, b", "a, b, c", ""]
-    (tmp_path / "demo.yml").write_text("quick:\n  epochs: 2        # passes (comment)\nfull:\n  epochs: 50\n")
-    assert common.parameters_table("demo").set_index("parameter").loc["epochs", "meaning"] == "passes (comment)"
+    assert table.loc["epochs"].tolist() == ["2", "50", "passes over the training images (int, >= 1)"]
+    assert table.loc["datasets"].tolist() == ["a, b", "a, b, c", "(list[str])"]
 
 
 def test_every_chapter_profile_renders_a_parameters_table():

@@ -18,8 +18,6 @@ import yaml
 from medad import results
 from medad.paths import REPO_ROOT
 
-PROFILE_DIR = REPO_ROOT / "medad" / "profiles"
-
 
 # ----------------------------------------------------------------------------- quiet execution
 
@@ -136,16 +134,6 @@ def sources_markdown(chapter: str) -> str:
 # ----------------------------------------------------------------------------- parameters and modules
 
 
-def _inline_help(path) -> dict[str, str]:
-    """``key: value   # comment`` lines of a profile file: the comment is the parameter's help."""
-    found: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        match = re.match(r"^\s{2}(\w+):[^#]*#\s*(.+)$", line)
-        if match and match.group(1) not in found:
-            found[match.group(1)] = match.group(2).strip()
-    return found
-
-
 def _short(value) -> str:
     if value is None:
         return "–"
@@ -159,20 +147,15 @@ def _short(value) -> str:
 
 
 def parameters_table(chapter: str) -> pd.DataFrame:
-    """Every parameter of ``medad/profiles/<chapter>.yml``: quick and full values and what it means.
+    """Every declared parameter of ``medad/profiles/<chapter>.yml``: quick and full values, what it means and accepts.
 
-    The meaning is the ``help`` of the file's ``schema:`` mapping, else the
-    value line's own comment.
+    Built from ``medad.params.parameter_table`` (the profile and its ``schema:``), never typed.
     """
-    path = PROFILE_DIR / f"{chapter}.yml"
-    data = yaml.safe_load(path.read_text()) or {}
-    schema = data.get("schema") or {}
-    comments = _inline_help(path)
-    quick, full = data.get("quick") or {}, data.get("full") or {}
-    rows = []
-    for key in dict.fromkeys([*quick, *full]):
-        meaning = (schema.get(key) or {}).get("help") or comments.get(key, "")
-        rows.append({"parameter": key, "quick": _short(quick.get(key)), "full": _short(full.get(key)), "meaning": meaning})
+    from medad import params
+
+    rows = [{"parameter": r["name"], "quick": _short(r["quick"]), "full": _short(r["full"]),
+             "meaning (allowed)": f"{r['help']} ({r['allowed']})" if r["help"] else f"({r['allowed']})"}
+            for r in params.parameter_table(chapter)]
     return pd.DataFrame(rows)
 
 
