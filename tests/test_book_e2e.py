@@ -12,6 +12,7 @@ import pytest
 
 from medad import pipeline
 from medad.paths import REPO_ROOT
+from medad.reports.notebook_checks import residue
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,7 @@ def test_data_atlas_executes_and_book_builds(book_copy):
     executed = nbformat.read(book_copy / "book" / "executed" / "data_atlas.ipynb", as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    assert residue(executed) == []  # no stderr, warnings or progress bars in the rendered chapter
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # sample grids, intensity plot, LIDC agreement and disagreement figures
 

@@ -1,0 +1,94 @@
+"""Time `make book`: every chapter re-executed (empty executed cache), then the HTML; print against the budgets.
+
+    MEDAD_DATA=../shared/data .venv/bin/python benchmarks/book_time.py [--chapters a,b] [--cold-cache]
+
+Runs ``python -m medad book --profile quick --data-dir $MEDAD_DATA --force
+--no-html --chapters <one>`` for each chapter in turn (``--force``: nothing is
+taken from the executed cache), then the HTML build, and prints each step's
+wall time and CPU time (the processor time of the step and its kernel: on a
+shared machine the wall time also counts waiting for a core). ``--cold-cache`` also empties medad's own
+cache of decoded archives and checksums, as on a first run. Budgets on the
+2-core CPU machine: 180 s per chapter (quick profile), 900 s for the whole book.
+Exit status 1 when a chapter fails or a budget is exceeded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTER_BUDGET_S = 180.0
+TOTAL_BUDGET_S = 900.0
+LINE = re.compile(r"^\s+(\w+): (executed|cached|failed) \((\d+) s\)(.*)$")
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall seconds, CPU seconds of the command and its children (the kernel included), the process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chapters", default="", help="comma-separated chapters (default: every chapter in _toc.yml)")
+    parser.add_argument("--data-dir", default=os.environ.get("MEDAD_DATA"), help="archives (default: $MEDAD_DATA)")
+    parser.add_argument("--cold-cache", action="store_true", help="start with an empty medad cache (MEDAD_CACHE)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from medad.pipeline import chapters_from_toc
+
+    chapters = [c for c in args.chapters.split(",") if c] or chapters_from_toc()
+    if not args.data_dir:
+        print("note: no --data-dir and no MEDAD_DATA: timing the book on synthetic data")
+    base = [sys.executable, "-m", "medad", "book", "--profile", "quick"]
+    base += ["--data-dir", args.data_dir] if args.data_dir else []
+    # the chapters' kernels import this checkout's medad (not another installed copy)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    failed = over = 0
+    total_wall = total_cpu = 0.0
+    print(f"{'step':16s} {'status':9s} {'wall s':>7s} {'CPU s':>7s} {'budget':>7s}")
+    with tempfile.TemporaryDirectory() as cache:
+        if args.cold_cache:
+            env["MEDAD_CACHE"] = cache
+        for chapter in chapters:  # one process per chapter, so each one's CPU time is its own
+            wall, cpu, proc = timed(base + ["--chapters", chapter, "--force", "--no-html"], env)
+            found = [m for m in map(LINE.match, proc.stdout.splitlines()) if m]
+            status = found[0].group(2) if found else "failed"
+            flag = ""
+            if status != "executed" or proc.returncode != 0:
+                failed += 1
+                flag = "  <-- " + (found[0].group(4).strip() if found else proc.stderr[-300:])
+            elif wall > CHAPTER_BUDGET_S:
+                over += 1
+                flag = "  <-- over budget"
+            total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+            print(f"{chapter:16s} {status:9s} {wall:7.0f} {cpu:7.0f} {CHAPTER_BUDGET_S:7.0f}{flag}")
+        html = [sys.executable, "-c", "import sys; from medad.pipeline import build_html; "
+                "p = build_html(); print(p.stdout[-1500:], p.stderr[-1500:]); sys.exit(p.returncode)"]
+        wall, cpu, proc = timed(html, env)  # the HTML of the executed chapters, nothing re-executed
+        total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+        print(f"{'HTML build':16s} {'ok' if proc.returncode == 0 else 'failed':9s} {wall:7.0f} {cpu:7.0f}")
+        if proc.returncode != 0:
+            failed += 1
+            print(proc.stdout[-1500:] + proc.stderr[-1500:])
+    flag = "  <-- over budget" if total_wall > TOTAL_BUDGET_S else ""
+    print(f"{'total':16s} {'':9s} {total_wall:7.0f} {total_cpu:7.0f} {TOTAL_BUDGET_S:7.0f}{flag}")
+    load = os.getloadavg()[0]
+    print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores. CPU s is the processor time the chapter "
+          "used; on a shared machine wall time exceeds it by the time spent waiting for a core.")
+    return 1 if (failed or over or total_wall > TOTAL_BUDGET_S) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
