@@ -277,5 +277,5 @@ else:
     run.glue("box_polyp", "n/a")
     run.glue("box_normal", "n/a")
 
-# %%
+# %% tags=["remove-input"]
 record = run.finish()
