@@ -27,6 +27,8 @@ ARCHIVES = {  # data/manifest.yml's archive names
     "brain_mri": "brain-tumor-mri.zip",
     "bmad": "bmad.zip",
     "derm7pt": "release_v0.zip",
+    "lgg_brain_ad": "lgg-brain-ad.zip",
+    "hyperkvasir_normal": "hyper-kvasir-normal.zip",
 }
 MASK_BOX = (4, 12, 6, 16)  # rows 4:12, cols 6:16 of every fixture mask are foreground
 
@@ -215,4 +217,59 @@ def derm_files(rows=DERM_ROWS) -> dict[str, bytes]:
     for split in ("train", "valid", "test"):
         index = [str(i) for i, row in enumerate(rows) if row[2] == split]
         files[f"release_v0/meta/{split}_indexes.csv"] = ("indexes\n" + "\n".join(index) + "\n").encode()
+    return files
+
+
+LGG_PATIENTS = {  # split folder -> (patient, good slices, tumour slices); train holds good slices only
+    "train": [("TCGA_CS_4941_19960909", 3, 0), ("TCGA_DU_5849_19950405", 2, 0)],
+    "valid": [("TCGA_HT_7860_19960513", 2, 1)],
+    "test": [("TCGA_FG_6692_20020606", 2, 2), ("TCGA_CS_6186_20000601", 1, 1)],
+}
+
+
+def lgg_files() -> dict[str, bytes]:
+    """lgg-brain-ad's layout (BMAD's, under its own top folder): gray PNG slices named <PATIENT>_<n>, masks for Ungood."""
+    files = {"lgg-brain-ad/README.txt": b"LGG FLAIR slices in the BMAD layout (fixture)"}
+    for split, patients in LGG_PATIENTS.items():
+        for patient, n_good, n_bad in patients:
+            for k in range(n_good + n_bad):
+                cls = "good" if k < n_good else "Ungood"
+                file, base = f"{patient}_{k + 1}.png", f"lgg-brain-ad/{split}/{cls}"
+                files[f"{base}/img/{file}"] = image_bytes(f"{base}/{file}")
+                if cls == "Ungood":
+                    files[f"{base}/anomaly_mask/{file}"] = mask_bytes(file)
+    return files
+
+
+HK_CLASSES = {  # HyperKvasir labeled-images folders -> images; an upper-GI class too, as the full release has
+    "lower-gi-tract/anatomical-landmarks/cecum": 12,
+    "lower-gi-tract/quality-of-mucosal-views/bbps-2-3": 10,
+    "upper-gi-tract/anatomical-landmarks/pylorus": 4,
+}
+HK_NEAR_COPY = ("cecum/ffff0000-copy.jpg", "cecum/0000aaaa-0000.jpg")  # the copy (first) repeats the original's pixels
+
+
+def frame_pixels(name: str, size: int = 32) -> np.ndarray:
+    """RGB pixels of an 8x8 name-seeded block pattern: two frames differ by far more than the near-duplicate threshold."""
+    blocks = np.random.default_rng(zlib.crc32(name.encode())).uniform(30, 225, (8, 8, 3))
+    return np.kron(blocks, np.ones((size // 8, size // 8, 1))).astype(np.uint8)
+
+
+def hyperkvasir_files() -> dict[str, bytes]:
+    """HyperKvasir's layout hyper-kvasir/labeled-images/<tract>/<category>/<class>/<id>.jpg (RGB JPEG, 32x32).
+
+    Every image has its own pixels except one near-copy pair (``HK_NEAR_COPY``):
+    the copy is the original re-encoded with a little noise, as consecutive
+    frames of one examination are. A hidden .DS_Store must be ignored.
+    """
+    files = {}
+    for c, (folder, n) in enumerate(HK_CLASSES.items()):
+        for i in range(n):
+            name = f"hyper-kvasir/labeled-images/{folder}/{c:02d}{i:02x}aaaa-{i:04d}.jpg"  # ids unique across classes, as HyperKvasir's
+            files[name] = encode(frame_pixels(name), "JPEG")
+    original = "hyper-kvasir/labeled-images/lower-gi-tract/anatomical-landmarks/" + HK_NEAR_COPY[1]
+    noisy = frame_pixels(original).astype(int) + np.random.default_rng(0).integers(-2, 3, (32, 32, 3))
+    files[original.replace(HK_NEAR_COPY[1], HK_NEAR_COPY[0])] = encode(np.clip(noisy, 0, 255).astype(np.uint8), "JPEG")
+    files["hyper-kvasir/labeled-images/lower-gi-tract/anatomical-landmarks/cecum/.DS_Store"] = b"\x00Bud1"
+    files["hyper-kvasir/labeled-images/image-labels.csv"] = b"Video file,Finding\n"  # the release's label file: not a class
     return files

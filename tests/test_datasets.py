@@ -17,8 +17,8 @@ OURS = ("chest_xray", "kvasir_seg", "brain_mri", "derm7pt") + tuple(fx.BMAD_FOLD
 
 @pytest.fixture(autouse=True)
 def unverified(monkeypatch):
-    """Fixture ZIPs cannot have the real archives' SHA-256: read them as if the manifest recorded none."""
-    patched = {key: dict(entry, sha256=None) for key, entry in REAL_MANIFEST().items()}
+    """Fixture ZIPs cannot have the real archives' SHA-256: read them as if the manifest recorded none (nor a size)."""
+    patched = {key: dict(entry, sha256=None, size=None) for key, entry in REAL_MANIFEST().items()}
     monkeypatch.setattr(registry, "manifest", lambda: patched)
 
 
@@ -96,7 +96,8 @@ def test_available_real_finds_bmad_under_its_shared_archive(tmp_path):
 
 
 def test_wrong_checksum_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "manifest", REAL_MANIFEST)
+    real_sha_no_size = {key: dict(entry, size=None) for key, entry in REAL_MANIFEST().items()}
+    monkeypatch.setattr(registry, "manifest", lambda: real_sha_no_size)
     monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
     root = fx.write(tmp_path, fx.chest_xray_files(), fx.ARCHIVES["chest_xray"])
     with pytest.raises(ChecksumError, match=r"chest_xray\.zip: SHA-256 is .* expected 8c96edb2"):

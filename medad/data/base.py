@@ -222,6 +222,51 @@ class ArrayDataset(Dataset):
         return list(self._groups)
 
 
+class ConcatDataset(Dataset):
+    """Datasets joined end to end under one name and class list (e.g. polyps from one archive, normal frames from another).
+
+    ``parts`` pairs each dataset with the label its samples get here; a sample
+    without a mask gets an all-false one, so every sample of a composed
+    anomaly dataset has a mask. Groups are prefixed with the part's dataset
+    name, so two parts never share a group by accident.
+    """
+
+    def __init__(self, *, name: str, split: str, classes: Sequence[str], parts: Sequence[tuple[Dataset, int]], citation: str):
+        self.name, self.split, self.classes = name, split, tuple(classes)
+        self.parts = list(parts)
+        self._index = [(k, i) for k, (ds, _) in enumerate(self.parts) for i in range(len(ds))]
+        self.synthetic = any(ds.synthetic for ds, _ in self.parts)
+        self.source = " + ".join(ds.source for ds, _ in self.parts)
+        self.checksum = " + ".join(ds.checksum for ds, _ in self.parts)
+        self.citation = citation
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> Sample:
+        k, i = self._index[self._check_index(index)]
+        part, label = self.parts[k]
+        s = part[i]
+        mask = s.mask if s.mask is not None else np.zeros(s.image.shape[:2], bool)
+        return Sample(image=s.image, label=label, mask=mask, id=s.id, group=f"{part.name}:{s.group}")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([self.parts[k][1] for k, _ in self._index], dtype=np.int64)
+
+    @property
+    def groups(self) -> list[str]:
+        part_groups = [ds.groups for ds, _ in self.parts]
+        return [f"{self.parts[k][0].name}:{part_groups[k][i]}" for k, i in self._index]
+
+    def subset(self, indices: Sequence[int]) -> "ConcatDataset":
+        """The same dataset restricted to ``indices``."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._index = [self._index[i] for i in indices]
+        return clone
+
+
 def array_digest(*arrays: np.ndarray | None) -> str:
     """SHA-256 over the arrays' bytes: the 'checksum' of data made in memory."""
     digest = hashlib.sha256()
@@ -244,7 +289,13 @@ class DatasetSpec:
     modality: str = ""
     tasks: tuple[str, ...] = field(default_factory=tuple)
     archive_key: str = ""  # its entry in data/manifest.yml when not ``name`` (BMAD's sub-datasets share "bmad")
+    extra_archive_keys: tuple[str, ...] = ()  # further archives a composed dataset reads (index_real gets ``extra``)
 
     @property
     def manifest_key(self) -> str:
         return self.archive_key or self.name
+
+    @property
+    def archive_keys(self) -> tuple[str, ...]:
+        """Every data/manifest.yml entry this dataset reads: its own archive first."""
+        return (self.manifest_key, *self.extra_archive_keys)

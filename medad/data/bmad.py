@@ -48,17 +48,32 @@ TOP = "BMAD"
 CLASSES = ("good", "Ungood")
 FOLDERS = {"train": "train", "val": "valid", "test": "test"}
 MASK_THRESHOLD = 127
-_GROUP = (re.compile(r"^(?P<id>\d+)_\d+$"), re.compile(r"^[A-Za-z]+-(?P<id>\d+)-\d+$"))
+_GROUP = (
+    re.compile(r"^(?P<id>\d+)_\d+$"),  # BraTS / LiTS / RESC: <volume>_<slice>
+    re.compile(r"^[A-Za-z]+-(?P<id>\d+)-\d+$"),  # OCT2017: <CLASS>-<patient>-<k>
+    re.compile(r"^(?P<id>TCGA_[A-Z0-9]{2}_[A-Z0-9]{4}_\d{8})_\d+$"),  # TCGA (LGG): <patient>_<slice>
+)
 
 
 @dataclass(frozen=True)
 class Sub:
+    """One dataset in BMAD's layout: ``<top>/<folder>/{train,valid,test}/...`` (``folder`` empty: directly under ``top``)."""
+
     name: str
     folder: str
     title: str
     modality: str
     pixel_level: bool
     rgb: bool = False
+    top: str = TOP
+
+    @property
+    def root(self) -> str:
+        return f"{self.top}/{self.folder}" if self.folder else self.top
+
+    @property
+    def group_prefix(self) -> str:
+        return f"{self.folder}/" if self.folder else ""
 
 
 SUBS = (
@@ -88,16 +103,16 @@ def group_of(sub: Sub, name: str) -> str:
     for pattern in _GROUP:
         m = pattern.match(stem)
         if m:
-            return f"{sub.folder}/{m['id']}"
-    return f"{sub.folder}/{stem}"
+            return f"{sub.group_prefix}{m['id']}"
+    return f"{sub.group_prefix}{stem}"
 
 
 def index_split(archive: Archive, sub: Sub, split: str) -> list[Entry]:
     """Good then Ungood images of one split (train: good only), each Ungood one with its mask where the sub-dataset has masks."""
-    base = f"{TOP}/{sub.folder}/{FOLDERS[split]}"
+    base = f"{sub.root}/{FOLDERS[split]}"
     if split == "train" and not any(n.startswith(base + "/") for n in archive.names()):
         raise DataError(
-            f"{archive.where(base + '/good/img/')}: not found. MVFA's pre-processed {sub.folder} has only valid/ and test/ "
+            f"{archive.where(base + '/good/img/')}: not found. MVFA's pre-processed {sub.folder or sub.top} has only valid/ and test/ "
             "(its few-shot normals come from valid/); use split='val', or add BMAD's own train/good images there."
         )
     present = set(archive.names())
@@ -147,19 +162,19 @@ def make_synthetic(split: str, seed: int = 0, n: int | None = None, *, sub: Sub)
     )
 
 
-SPECS = {
-    sub.name: register(
-        DatasetSpec(
-            name=sub.name,
-            title=sub.title,
-            splits=("train", "val", "test"),
-            classes=CLASSES,
-            index_real=partial(index_real, sub=sub),
-            make_synthetic=partial(make_synthetic, sub=sub),
-            modality=sub.modality,
-            tasks=("anomaly classification", "pixel-level anomaly segmentation") if sub.pixel_level else ("anomaly classification",),
-            archive_key="bmad",
-        )
+def spec_for(sub: Sub, archive_key: str) -> DatasetSpec:
+    """The registry entry of a dataset in BMAD's layout, read from the archive ``archive_key`` of data/manifest.yml."""
+    return DatasetSpec(
+        name=sub.name,
+        title=sub.title,
+        splits=("train", "val", "test"),
+        classes=CLASSES,
+        index_real=partial(index_real, sub=sub),
+        make_synthetic=partial(make_synthetic, sub=sub),
+        modality=sub.modality,
+        tasks=("anomaly classification", "pixel-level anomaly segmentation") if sub.pixel_level else ("anomaly classification",),
+        archive_key=archive_key,
     )
-    for sub in SUBS
-}
+
+
+SPECS = {sub.name: register(spec_for(sub, "bmad")) for sub in SUBS}

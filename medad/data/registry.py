@@ -3,11 +3,18 @@
 Where the data comes from, in order: the ``data_dir`` argument, the
 ``MEDAD_DATA`` environment variable, else the dataset's synthetic counterpart
 (the embedded default, always flagged ``synthetic=True`` and named so).
+
+Synthetic data is used only when no data directory was given at all (or when
+a caller asks for it with ``synthetic=True``). When one was given, a dataset
+whose archive is missing, truncated, unreadable or fails its checksum there
+is a DataError naming the folder, the archive expected and what is wrong;
+:func:`archive_status` says the same without raising (``data list``).
 """
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -15,7 +22,7 @@ import yaml
 from medad.data.archive import Archive
 from medad.data.base import Dataset, DatasetSpec
 from medad.data.checksums import verify_archive
-from medad.errors import ConfigError, DataError
+from medad.errors import ChecksumError, ConfigError, DataError
 from medad.paths import DATA_MANIFEST_DIR
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -43,9 +50,23 @@ def manifest() -> dict:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The data directory: the argument, else MEDAD_DATA, else None (synthetic data)."""
-    chosen = data_dir if data_dir not in (None, "") else os.environ.get("MEDAD_DATA") or None
-    return Path(chosen).expanduser() if chosen else None
+    """The data directory: the argument, else MEDAD_DATA, else None (synthetic data).
+
+    A directory that was given but does not exist is a DataError, never a
+    quiet switch to synthetic data.
+    """
+    given = data_dir not in (None, "")
+    chosen = data_dir if given else os.environ.get("MEDAD_DATA") or None
+    if not chosen:
+        return None
+    root = Path(chosen).expanduser()
+    if not root.is_dir():
+        source = "the data_dir / --data-dir argument" if given else "MEDAD_DATA"
+        raise DataError(
+            f"data directory {root} (from {source}) does not exist or is not a folder; point it at the folder "
+            "holding the archives, or give no data directory to run on synthetic data"
+        )
+    return root
 
 
 def locate_archive(name: str, data_dir: str | os.PathLike) -> Archive:
@@ -53,11 +74,78 @@ def locate_archive(name: str, data_dir: str | os.PathLike) -> Archive:
     return Archive.locate(Path(data_dir), entry["archive"], entry["top"], entry.get("download", ""))
 
 
+UNVERIFIED = "unverified (no published checksum)"
+
+
 def archive_checksum(archive: Archive, name: str) -> str:
-    """Verify a ZIP against the manifest (once, cached); an extracted folder is marked unverified."""
+    """Verify a ZIP against the manifest (once, cached) and say how far it was checked.
+
+    Returns the SHA-256 when it matched the manifest's; otherwise a text that
+    starts with "unverified" (no published checksum, or an extracted folder).
+    A mismatch raises ChecksumError.
+    """
     if not archive.is_zip:
         return "unverified (extracted folder)"
-    return verify_archive(archive.path, manifest()[name].get("sha256"))
+    expected = manifest()[name].get("sha256")
+    actual = verify_archive(archive.path, expected)
+    return actual if expected else f"{UNVERIFIED}; sha256 {actual}"
+
+
+@dataclass(frozen=True)
+class ArchiveStatus:
+    """What the data directory holds for one data/manifest.yml entry, and why it is or is not usable.
+
+    state: "verified", "unverified" (usable) or "missing", "truncated",
+           "unreadable", "checksum mismatch", "no data directory" (not usable)
+    detail: one sentence naming the folder, the archive expected and what is wrong (or the checksum)
+    """
+
+    key: str
+    state: str
+    detail: str
+    archive: Archive | None = None
+    checksum: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.state in ("verified", "unverified")
+
+    @property
+    def found(self) -> bool:
+        """An archive (or folder) is there, whatever its state."""
+        return self.state not in ("missing", "no data directory")
+
+
+def archive_status(key: str, data_dir: str | os.PathLike | None) -> ArchiveStatus:
+    """Locate, size-check, open and checksum one archive; never raises for a bad archive, it says why instead."""
+    entry = manifest()[key]
+    expected_name = entry["archive"]
+    if data_dir is None:
+        return ArchiveStatus(key, "no data directory", "no data directory given (synthetic data)")
+    try:
+        path_hint = Path(data_dir) / expected_name
+        size = entry.get("size")
+        if size and path_hint.is_file() and path_hint.stat().st_size != size:
+            got = path_hint.stat().st_size
+            what = "truncated" if got < size else "checksum mismatch"
+            return ArchiveStatus(key, what, f"{path_hint} is {got:,} bytes, expected {size:,} ({'an incomplete download' if got < size else 'not the published archive'}); download it again")
+        archive = locate_archive(key, data_dir)
+    except DataError as exc:  # no such file or folder, or a file that is not a ZIP
+        return ArchiveStatus(key, "unreadable" if path_hint.is_file() else "missing", str(exc))
+    try:
+        checksum = archive_checksum(archive, key)
+    except ChecksumError as exc:
+        return ArchiveStatus(key, "checksum mismatch", str(exc), archive)
+    except OSError as exc:
+        return ArchiveStatus(key, "unreadable", f"{archive.path}: cannot be read ({exc})", archive)
+    state = "unverified" if checksum.startswith("unverified") else "verified"
+    where = archive.path if archive.is_zip else archive.path / entry["top"]
+    return ArchiveStatus(key, state, f"{where}: {'sha256 ' + checksum if state == 'verified' else checksum}", archive, checksum)
+
+
+def dataset_status(name: str, data_dir: str | os.PathLike | None = None) -> list[ArchiveStatus]:
+    """The status of every archive a registered dataset reads (two for a composed one)."""
+    return [archive_status(key, data_dir) for key in get_spec(name).archive_keys]
 
 
 def open_dataset(
@@ -88,19 +176,29 @@ def open_dataset(
         return spec.make_synthetic(split=split, seed=seed, n=n)
     if root is None:
         raise ConfigError(f"dataset {name!r}: real data asked for (synthetic=False) but no data directory given; set MEDAD_DATA or pass data_dir")
-    key = spec.manifest_key
-    archive = locate_archive(key, root)
-    checksum = archive_checksum(archive, key)
-    return spec.index_real(archive=archive, split=split, checksum=checksum, meta=manifest()[key], seed=seed)
+    statuses = dataset_status(name, root)
+    for status in statuses:
+        if not status.usable:
+            error = ChecksumError if status.state == "checksum mismatch" else DataError
+            raise error(f"dataset {name!r} needs {manifest()[status.key]['archive']} in {root}: {status.state}. {status.detail}")
+    own, *extra = statuses
+    kwargs = {"extra": {s.key: (s.archive, s.checksum) for s in extra}} if extra else {}
+    return spec.index_real(archive=own.archive, split=split, checksum=own.checksum, meta=manifest()[own.key], seed=seed, **kwargs)
 
 
 def available_real(data_dir: str | os.PathLike | None = None) -> dict[str, bool]:
-    """Which registered datasets have their archive (or folder) in the data directory."""
+    """Which registered datasets have every archive they read, usable, in the data directory.
+
+    An archive that is missing counts as not available. One that is there but
+    truncated, unreadable or fails its checksum is a DataError: a broken
+    archive must never quietly turn into synthetic data.
+    """
     root = resolve_data_dir(data_dir)
     found = {}
     for name in list_datasets():
-        try:
-            found[name] = root is not None and bool(locate_archive(get_spec(name).manifest_key, root))
-        except DataError:  # missing archive or data dir: simply not available
-            found[name] = False
+        statuses = dataset_status(name, root)
+        broken = [s for s in statuses if s.found and not s.usable]
+        if broken:
+            raise DataError(f"dataset {name!r}: {broken[0].state}. {broken[0].detail}")
+        found[name] = all(s.usable for s in statuses)
     return found
