@@ -334,8 +334,12 @@ def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16) -
 
 @torch.no_grad()
 def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, bank: MemoryBank | None,
-                  map_size: int, batch: int = 16) -> BranchScores:
-    """Zero- and few-shot scores of every image at every level (see :class:`BranchScores`)."""
+                  map_size: int, batch: int = 16, seg_few: bool = True, det_few: bool = True) -> BranchScores:
+    """Zero- and few-shot scores of every image at every level (see :class:`BranchScores`).
+
+    ``seg_few`` / ``det_few`` False skip that few-shot branch (left NaN): image-level datasets
+    need only the det branch, and the memory bank is most of the cost.
+    """
     parts = []
     for i in range(0, len(images), batch):
         out = model(images[i:i + batch])
@@ -344,14 +348,15 @@ def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, ba
         for li, grid in enumerate(out.grids):
             sz.append(upsample(zero_shot_patch_scores(out.seg[li], text), grid, map_size))
             dz.append(zero_shot_patch_scores(out.det[li], text).mean(1))
-            if bank is None:
-                sf.append(torch.full((b, map_size, map_size), float("nan")))
-                df.append(torch.full((b,), float("nan")))
-            else:
+            if bank is not None and seg_few:
                 sf.append(upsample(memory_bank_scores(out.seg[li], bank.seg[li]), grid, map_size))
+            else:
+                sf.append(torch.full((b, map_size, map_size), float("nan")))
+            if bank is not None and det_few:
                 df.append(upsample(memory_bank_scores(out.det[li], bank.det[li]), grid, map_size).mean((1, 2)))
-        parts.append(BranchScores(torch.stack(sz, 1).float().cpu().numpy(), torch.stack(sf, 1).float().cpu().numpy(),
-                                  torch.stack(dz, 1).float().cpu().numpy(), torch.stack(df, 1).float().cpu().numpy()))
+            else:
+                df.append(torch.full((b,), float("nan")))
+        parts.append(BranchScores(*(torch.stack(x, 1).float().cpu().numpy() for x in (sz, sf, dz, df))))
     return BranchScores.concat(parts)
 
 
