@@ -27,6 +27,17 @@ def vit():
         return load_backbone("clip-vit-b-16", pretrained=None, image_size=TINY, seed=0, resize="squash")
 
 
+def _fake_text(backbone, object_name, batch=128):
+    """A seeded unit 2 x d matrix: a random CLIP's text tower on 420 sentences costs minutes on this CPU."""
+    g = torch.Generator().manual_seed(sum(map(ord, object_name)))
+    return torch.nn.functional.normalize(torch.randn(2, backbone.embed_dim, generator=g), dim=1)
+
+
+@pytest.fixture
+def fast_text(monkeypatch):
+    monkeypatch.setattr(M, "text_matrix", _fake_text)
+
+
 CFG = {"levels": None, "map_size": 8, "epochs": 2, "check_every": 1, "batch_size": 8, "lr": 1e-3,
        "test_images": 12, "select_images": 6, "full_normal_images": 4, "eval_batch": 8, "det_branch": True,
        "zero_epochs": 1, "zero_lr": 1e-4, "zero_check_every": 0, "zero_train_per_class": 3,
@@ -61,11 +72,15 @@ def test_mvfa_on_clip_vit_trains_only_adapters_and_adapted_tokens_reach_later_le
     with torch.no_grad():
         model.adapters["3"].seg.up.weight.mul_(5.0)
     assert not torch.allclose(model(x).seg[3], before)
-    text = M.text_matrix(vit, "Brain")
-    loss = M.MVFALoss()(model(x), text, torch.tensor([0, 1]), torch.zeros(2, TINY, TINY))
+    text = _fake_text(vit, "Brain")
+    mask = torch.zeros(2, TINY, TINY)
+    mask[1, :8, :8] = 1
+    loss = M.MVFALoss()(model(x), text, torch.tensor([0, 1]), mask)
     loss.backward()
     assert torch.isfinite(loss)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0}
+    # only the last level's output weights are unused: nothing after the last adapted block is scored
+    assert no_grad == {"adapters.12.seg.up.weight", "adapters.12.det.up.weight"}
     assert all(p.grad is None for p in vit.parameters())
 
 
@@ -87,16 +102,31 @@ def test_vit_l_14_336_at_240_gets_adapters_after_blocks_6_12_18_24_with_768_wide
 
 # ---- text ---------------------------------------------------------------------------------------
 
-def test_prompt_ensemble_sizes_and_text_matrix_is_two_unit_rows(vit):
+class _WordCountText:
+    """A stand-in text encoder with a known answer: sentence -> (number of words, 1, 0, ...)."""
+
+    embed_dim = 4
+
+    def encode_text(self, texts, normalize=False):
+        out = torch.tensor([[len(t.split()), 1.0, 0.0, 0.0] for t in texts])
+        return torch.nn.functional.normalize(out, dim=1) if normalize else out
+
+
+def test_prompt_ensemble_sizes_and_text_matrix_averages_normalised_sentences():
     normal, abnormal = M.prompt_sentences("Chest X-ray film")
     assert len(normal) == 35 * 7 and len(abnormal) == 35 * 5
     assert "a photo of the Chest X-ray film without defect." in normal
     assert "a bad photo of a damaged Chest X-ray film." in abnormal
-    t = M.text_matrix(vit, "Brain")
-    assert t.shape == (2, vit.embed_dim)
-    assert torch.allclose(t.norm(dim=1), torch.ones(2), atol=1e-5)
+    t = M.text_matrix(_WordCountText(), "Brain", batch=50)
+    assert t.shape == (2, 4)
+    assert torch.allclose(t.norm(dim=1), torch.ones(2), atol=1e-6)
+    for row, sentences in zip(t, M.prompt_sentences("Brain")):
+        emb = torch.nn.functional.normalize(torch.tensor([[len(s.split()), 1.0, 0, 0] for s in sentences]), dim=1)
+        assert torch.allclose(row, torch.nn.functional.normalize(emb.mean(0), dim=0), atol=1e-6)
     with pytest.raises(ConfigError):
         M.object_name("mnist")
+    with pytest.raises(ConfigError):
+        M.prompt_sentences("  ")
 
 
 # ---- scores ---------------------------------------------------------------------------------------
@@ -184,7 +214,7 @@ def test_real_clip_without_weights_is_a_clear_error(monkeypatch, tmp_path):
         X.load_backbone_for({"backbone": "clip-vit-l-14-336", "image_size": 240, "levels": [6, 12, 18, 24]})
 
 
-def test_few_shot_end_to_end_on_synthetic_data_with_both_selection_protocols(vit):
+def test_few_shot_end_to_end_on_synthetic_data_with_both_selection_protocols(vit, fast_text):
     opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
     prep = X.prepare(opener, "lgg_brain_ad", vit, CFG)
     res = X.few_shot(prep, vit, 2, 0, CFG, track_test=True)
@@ -201,7 +231,7 @@ def test_few_shot_end_to_end_on_synthetic_data_with_both_selection_protocols(vit
     assert [r["value"] for r in again.rows] == pytest.approx([r["value"] for r in res.rows], nan_ok=True)
 
 
-def test_training_resumes_from_its_checkpoint(vit, tmp_path):
+def test_training_resumes_from_its_checkpoint(vit, fast_text, tmp_path):
     opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
     prep = X.prepare(opener, "chest_xray", vit, {**CFG, "full_normal_images": None})
     full = X.few_shot(prep, vit, 2, 3, {**CFG, "check_every": 0}, checkpoint=tmp_path / "a.pt")
@@ -211,7 +241,7 @@ def test_training_resumes_from_its_checkpoint(vit, tmp_path):
     assert [r["value"] for r in resumed.rows] == pytest.approx([r["value"] for r in full.rows])
 
 
-def test_zero_shot_leave_one_out_never_reads_the_held_out_dataset_before_testing(vit):
+def test_zero_shot_leave_one_out_never_reads_the_held_out_dataset_before_testing(vit, fast_text):
     opener = X.RecordingOpener(synthetic=True, n_synthetic=16)
     rows, _ = X.zero_shot_loo(opener, "endoscopy_ad", ["chest_xray", "endoscopy_ad", "lgg_brain_ad"], vit, CFG, seed=0)
     held = [i for i, (name, _) in enumerate(opener.opened) if name == "endoscopy_ad"]
@@ -222,7 +252,7 @@ def test_zero_shot_leave_one_out_never_reads_the_held_out_dataset_before_testing
         X.zero_shot_loo(opener, "lgg_brain_ad", ["lgg_brain_ad", "mnist"], vit, CFG, seed=0)
 
 
-def test_frozen_baselines_and_tidy_table(vit):
+def test_frozen_baselines_and_tidy_table(vit, fast_text):
     opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
     prep = X.prepare(opener, "chest_xray", vit, CFG)
     rows = X.frozen_baselines(prep, vit, 2, [0, 1], CFG)
