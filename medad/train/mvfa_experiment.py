@@ -246,10 +246,11 @@ def train_adapters(model: M.MVFA, data: Sequence[TrainData], *, epochs: int, lr:
         opt.load_state_dict(saved["optim"])
         history, start = saved["history"], saved["epoch"]
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(start):  # the same batch order as an uninterrupted run
+    batches_per_epoch = sum(math.ceil(len(d.images) / batch_size) for d in data)
+    for _ in range(start):  # replay the draws of the finished epochs: the same batch order as an uninterrupted run
         for d in data:
             torch.randperm(len(d.images), generator=gen)
-    batches_per_epoch = sum(math.ceil(len(d.images) / batch_size) for d in data)
+        torch.randperm(batches_per_epoch, generator=gen)
     bar = tqdm(total=epochs * batches_per_epoch, initial=start * batches_per_epoch, desc=desc, disable=not progress,
                leave=False)
     for epoch in range(start, epochs):
@@ -270,7 +271,7 @@ def train_adapters(model: M.MVFA, data: Sequence[TrainData], *, epochs: int, lr:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
             bar.update(1)
         history["loss"].append(float(np.mean(losses)))
         done = epoch + 1
