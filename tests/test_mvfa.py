@@ -231,11 +231,12 @@ def test_few_shot_end_to_end_on_synthetic_data_with_both_selection_protocols(vit
 def test_training_resumes_from_its_checkpoint(vit, fast_text, tmp_path):
     opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
     prep = X.prepare(opener, "chest_xray", vit, {**CFG, "full_normal_images": None, "test_images": 8})
-    full = X.few_shot(prep, vit, 2, 3, {**CFG, "check_every": 0}, checkpoint=tmp_path / "a.pt")
-    X.few_shot(prep, vit, 2, 3, {**CFG, "epochs": 1, "check_every": 0}, checkpoint=tmp_path / "b.pt")
-    resumed = X.few_shot(prep, vit, 2, 3, {**CFG, "check_every": 0}, checkpoint=tmp_path / "b.pt")
+    full = X.few_shot(prep, vit, 2, 3, CFG, checkpoint=tmp_path / "a.pt")
+    X.few_shot(prep, vit, 2, 3, {**CFG, "epochs": 1}, checkpoint=tmp_path / "b.pt")  # stopped after epoch 1
+    resumed = X.few_shot(prep, vit, 2, 3, CFG, checkpoint=tmp_path / "b.pt")
     # resumed = uninterrupted, number for number (which also shows the run is deterministic with a seed)
     assert resumed.history["loss"] == pytest.approx(full.history["loss"])
+    assert [c["val"] for c in resumed.history["checks"]] == pytest.approx([c["val"] for c in full.history["checks"]])
     assert [r["value"] for r in resumed.rows] == pytest.approx([r["value"] for r in full.rows])
 
 
