@@ -56,3 +56,18 @@ def test_silhouette_separates_separable_features_and_not_mixed_ones():
     fig, sil = rep.tsne_figure({"apart": apart, "mixed": mixed}, labels, seed=0)
     assert sil["apart"] > 0.8 and abs(sil["mixed"]) < 0.1
     assert fig.axes[0].get_xlabel().startswith("t-SNE")
+
+
+def test_k_curve_collects_every_few_shot_k_of_one_method():
+    t = pd.concat([_table(), pd.DataFrame([
+        row("lgg_brain_ad", "few-shot K=2", "MVFA [STAND-IN]", "image AUC", 0.6, seeds=1, n=80),
+        row("lgg_brain_ad", "few-shot K=8", "MVFA [STAND-IN]", "image AUC", 0.8, seeds=1, n=80),
+        row("lgg_brain_ad", "zero-shot", "MVFA [STAND-IN]", "image AUC", 0.5, seeds=1, n=80)])])
+    curve = rep.k_curve(t)
+    lgg = curve[curve.dataset == "lgg_brain_ad"]
+    assert lgg["K"].tolist() == [2, 4, 8] and lgg["value"].tolist() == [0.6, 0.75, 0.8]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = rep.k_curve_figure(curve, "t")
+    assert fig.axes[0].get_ylabel() == "image AUC"

@@ -131,3 +131,31 @@ def image_features(out) -> np.ndarray:
     import torch
 
     return torch.cat([torch.nn.functional.normalize(t.mean(1), dim=-1) for t in out.det], dim=1).cpu().numpy()
+
+
+def k_curve(table: pd.DataFrame, metric: str = "image AUC", method: str = "MVFA") -> pd.DataFrame:
+    """Rows of ``method`` in every few-shot setting: dataset, K, value, ci_low, ci_high, seeds."""
+    t = table[table["setting"].str.startswith("few-shot K=") & (table["method"].map(strip_backbone) == method)
+              & (table["metric"] == metric)]
+    return t.assign(K=t["setting"].str.removeprefix("few-shot K=").astype(int))[
+        ["dataset", "K", "value", "ci_low", "ci_high", "seeds"]].sort_values(["dataset", "K"])
+
+
+def k_curve_figure(curve: pd.DataFrame, title: str):
+    """Image AUC against K, one line per dataset; error bars where several seeds give an interval."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for d, g in curve[curve["dataset"] != "average"].groupby("dataset", sort=False):
+        lo = (g["value"] - g["ci_low"]).fillna(0).clip(lower=0)
+        hi = (g["ci_high"] - g["value"]).fillna(0).clip(lower=0)
+        ax.errorbar(g["K"], g["value"], yerr=[lo, hi], marker="o", capsize=3, label=DATASET_TITLES.get(d, d))
+    ax.set_xscale("log", base=2)
+    ks = sorted(curve["K"].unique())
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("K (normal and abnormal support images each)")
+    ax.set_ylabel("image AUC")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -613,13 +613,23 @@ def run_long(profile: str, data_dir, name: str, threads: int, device: str | None
             return
         table = tidy(rows)
         table["method"] = table["method"] + f" [{label}]"
-        prov = {"kind": "long-cpu" if dev == "cpu" else "gpu-full", "schedule": schedule(cfg, stages),
+        done_stages = list(dict.fromkeys(key.split("/")[0] for key in units))  # over every invocation of this run
+        prov = {"kind": "long-cpu" if dev == "cpu" else "gpu-full", "schedule": schedule(cfg, done_stages),
                 "commit": provenance.git_commit(), "code_sha256": digest, "profile": profile, "backbone": backbone.name,
                 "backbone_weights": backbone.weights_source, "stand_in": backbone.is_standin,
                 "device": device_description(dev), "threads": threads, "started": started, "finished": provenance.now_utc(),
                 "seconds": round(time.perf_counter() - t0, 1), "data": opener.provenance(),
                 "units_done": sorted(units), "config": cfg, "environment": provenance.environment(),
                 "command": f"python -m medad.train.mvfa_experiment --profile {profile} --name {name} --threads {threads}"}
+        previous = out_root / name / "provenance.json"
+        if previous.is_file():  # a later invocation (e.g. --stages k_curve) keeps the record of the earlier ones
+            before = json.loads(previous.read_text())
+            earlier = [i for i in before.get("invocations", [{k: before.get(k) for k in
+                                                              ("commit", "code_sha256", "started", "finished", "seconds")}])
+                       if i.get("started") != started]
+            prov["invocations"] = earlier + [{k: prov[k] for k in ("commit", "code_sha256", "started", "finished", "seconds")}]
+            prov["started"] = min(i["started"] for i in prov["invocations"])
+            prov["seconds"] = round(sum(float(i.get("seconds") or 0) for i in prov["invocations"]), 1)
         write_run(CHAPTER, name, table, prov, root=out_root.parent)
         pd.DataFrame(rows).to_csv(ckpt / "per_seed.csv", index=False)
 
