@@ -597,7 +597,7 @@ def run_long(profile: str, data_dir, name: str, threads: int, device: str | None
     seed_everything(int(cfg.get("seed", 0)))
     datasets = check_datasets(cfg["datasets"])
     stages = list(stages or cfg.get("stages") or ("few_shot", "baselines", "projector", "zero_shot"))
-    started, t0, digest = provenance.now_utc(), time.perf_counter(), code_digest()
+    started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), provenance.git_commit()
     ckpt = checkpoint_root / name
     ckpt.mkdir(parents=True, exist_ok=True)
     units_file = ckpt / "units.json"
@@ -615,7 +615,7 @@ def run_long(profile: str, data_dir, name: str, threads: int, device: str | None
         table["method"] = table["method"] + f" [{label}]"
         done_stages = list(dict.fromkeys(key.split("/")[0] for key in units))  # over every invocation of this run
         prov = {"kind": "long-cpu" if dev == "cpu" else "gpu-full", "schedule": schedule(cfg, done_stages),
-                "commit": provenance.git_commit(), "code_sha256": digest, "profile": profile, "backbone": backbone.name,
+                "commit": commit, "code_sha256": digest,  # HEAD when the run started: the code that ran "profile": profile, "backbone": backbone.name,
                 "backbone_weights": backbone.weights_source, "stand_in": backbone.is_standin,
                 "device": device_description(dev), "threads": threads, "started": started, "finished": provenance.now_utc(),
                 "seconds": round(time.perf_counter() - t0, 1), "data": opener.provenance(),
