@@ -200,6 +200,10 @@ def test_support_sets_are_seeded_disjoint_and_too_large_k_is_a_clear_error():
 def test_unknown_dataset_and_pixel_auc_without_masks_are_clear_errors():
     with pytest.raises(ConfigError, match="kvasir_polyps"):
         X.check_datasets(["lgg_brain_ad", "kvasir_polyps"], "zero-shot leave-one-out")
+    # the six BMAD sub-datasets run unchanged when a user has BMAD: known names, MVFA's object names, masks
+    bmad = ["bmad_brainmri", "bmad_liverct", "bmad_resc", "bmad_oct17", "bmad_chestxray", "bmad_his"]
+    assert X.check_datasets(bmad) == bmad and M.object_name("bmad_liverct") == "Liver"
+    assert [X.has_masks(d) for d in bmad] == [True, True, True, False, False, False]
     with pytest.raises(ConfigError, match="without masks"):
         X.pixel_auc(np.zeros((2, 4, 4)), None, "chest_xray")
 

@@ -87,8 +87,8 @@ TEMPLATES = (
 # MVFA's object names for its datasets, and ours for the datasets of this book
 OBJECT_NAMES = {
     "chest_xray": "Chest X-ray film", "brain_mri": "Brain", "lgg_brain_ad": "Brain", "endoscopy_ad": "colonoscopy image",
-    "bmad_brain": "Brain", "bmad_liver": "Liver", "bmad_resc": "retinal OCT", "bmad_oct17": "retinal OCT",
-    "bmad_chest": "Chest X-ray film", "bmad_his": "histopathological image",
+    "bmad_brainmri": "Brain", "bmad_liverct": "Liver", "bmad_resc": "retinal OCT", "bmad_oct17": "retinal OCT",
+    "bmad_chestxray": "Chest X-ray film", "bmad_his": "histopathological image",
 }
 
 

@@ -45,7 +45,7 @@ from medad.models import mvfa as M
 
 CHAPTER = "mvfa"
 DATASETS = ("lgg_brain_ad", "endoscopy_ad", "chest_xray", "brain_mri")
-PIXEL_DATASETS = ("lgg_brain_ad", "endoscopy_ad")
+PIXEL_DATASETS = ("lgg_brain_ad", "endoscopy_ad", "bmad_brainmri", "bmad_liverct", "bmad_resc")
 NORMAL_CLASS_NAMES = ("normal", "notumor", "good")
 
 
