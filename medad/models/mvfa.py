@@ -6,7 +6,7 @@ Everything here works on any :class:`~medad.backbones.base.Backbone` with a text
 encoder: real CLIP ViT-L/14-336 at 240 px (adapters after blocks 6/12/18/24) or
 the offline STAND-IN (adapters after four EfficientNet-Lite stages).
 
-**Adapters (Sec. 3.2, Eq. 1-3).** After each adapted stage :math:`l` two
+**Adapters.** After each adapted stage :math:`l` two
 bottleneck adapters, one for segmentation and one for detection, see the
 stage's tokens :math:`F_l \in \mathbb{R}^{T \times C_l}`:
 
@@ -28,7 +28,7 @@ patch) are the features compared with text. ``residual=False`` keeps the
 stream unchanged and only learns the maps to the joint space: projector-only
 alignment, the April-GAN-style ablation ("w/o feature adaptation").
 
-**Text (Sec. 3.3).** A prompt ensemble: 35 templates x 7 normal states and 35 x 5
+**Text.** A prompt ensemble: 35 templates x 7 normal states and 35 x 5
 abnormal states of a per-dataset object name, each sentence embedded and
 normalised, averaged per state group and normalised again:
 :math:`T = [t_{normal}; t_{abnormal}] \in \mathbb{R}^{2 \times d}`.
@@ -40,7 +40,7 @@ adapted patch tokens of the K normal support images, each augmented x11
 (the image, 4 rotations, 4 translations, two flips);
 :math:`s^{few}_l(p) = \min_{b \in \mathcal{B}_l} 1 - \cos(M_l(p), b)`, computed for all
 patches at once as one matrix product. Maps: the sum over levels of the
-bilinearly upsampled patch scores. Combination (Eq. 7):
+bilinearly upsampled patch scores. Combination:
 :math:`S = 0.5\, \bar S^{zero} + 0.5\, \bar S^{few}` where the bar is a min-max
 normalisation. MVFA takes the min and max over the TEST set (transductive,
 ``normalisation="test"``); the default here takes them from images seen before
@@ -49,7 +49,7 @@ Datasets with masks use the seg adapters and score an image by the max of its
 map; image-level datasets use the det adapters (zero-shot: mean over patches;
 few-shot: mean of the map).
 
-**Losses (Sec. 3.4).** Per adapted level: binary cross-entropy between the
+**Losses.** Per adapted level: binary cross-entropy between the
 mean anomaly probability of the det tokens and the image label; where masks
 exist, focal + Dice losses (MONAI's) between the seg tokens' two-class map,
 upsampled to the mask, and the mask. The official code feeds the mean
@@ -109,7 +109,7 @@ class BottleneckAdapter(nn.Module):
 
 
 class LevelAdapters(nn.Module):
-    """The module inserted after one stage: seg and det adapters, and the residual mix (Eq. 3).
+    """The module inserted after one stage: seg and det adapters, and the residual mix.
 
     It keeps the two middle outputs of its last call in ``seg_mid`` / ``det_mid``
     (B, T, d), which :class:`MVFA` collects after the forward pass.
@@ -393,7 +393,7 @@ class Combined:
 
 def combine(test: BranchScores, reference: BranchScores | None, pixel_level: bool, branch: str = "both",
             normalisation: str = "reference") -> Combined:
-    """MVFA's 0.5 / 0.5 combination of the min-max normalised branches (Eq. 7).
+    """MVFA's 0.5 / 0.5 combination of the min-max normalised branches.
 
     test:          scores of the test images
     reference:     scores of images seen before testing (support / validation); their min and max
