@@ -340,9 +340,8 @@ run.glue("tsne_dataset", f"{rep.DATASET_TITLES[name]}, {n_t} test images, quick 
 # - The paper's schedule (50 epochs, batch 1, 240 px, every test image): the long
 #   CPU run used the schedule in its label above, at 128 px with a stratified test
 #   subset, and pixel AUC at a 64 x 64 map resolution.
-# - K = 16, and K other than 4 with more than one seed (the AUC-against-K
-#   curve above shows what the committed run has); the six BMAD datasets (not
-#   on this machine).
+# - K other than 4 with more than one seed (the AUC-against-K curve above has
+#   one seed at K = 2, 8 and 16); the six BMAD datasets (not on this machine).
 # - The single-level ablation scores each level of the adapters trained at all
 #   four levels; it does not retrain adapters at one level.
 # - In the committed run, the zero-shot leave-one-out and the projector-only
