@@ -1,0 +1,161 @@
+"""Plumbing of the MVFA chapter: tables in the paper's shape, glue of the headline numbers, and figures."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from medad.results import format_interval
+
+DATASET_TITLES = {
+    "lgg_brain_ad": "LGG brain MRI", "endoscopy_ad": "Endoscopy", "chest_xray": "Chest X-ray", "brain_mri": "Brain MRI",
+    "average": "Average", "bmad_his": "HIS (BMAD)", "bmad_chest": "ChestXray (BMAD)", "bmad_oct17": "OCT17 (BMAD)",
+    "bmad_brain": "BrainMRI (BMAD)", "bmad_liver": "LiverCT (BMAD)", "bmad_resc": "RESC (BMAD)",
+}
+METRIC_SHORT = {"image AUC": "AC", "pixel AUC": "AS"}
+
+
+def strip_backbone(method: str) -> str:
+    """'MVFA [STAND-IN]' -> 'MVFA' (the backbone is named once, in the caption and the column header)."""
+    return method.split(" [")[0]
+
+
+def _cell(r) -> str:
+    return format_interval(r["value"], r["ci_low"], r["ci_high"], digits=3)
+
+
+def paper_shape(table: pd.DataFrame, setting: str, method: str, label: str) -> pd.DataFrame:
+    """One row per dataset, AC and AS columns of ``method`` in ``setting`` (value and 95% interval over seeds)."""
+    t = table[(table["setting"] == setting) & (table["method"].map(strip_backbone) == method)]
+    if t.empty:
+        return pd.DataFrame()
+    t = t.assign(cell=[_cell(r) for _, r in t.iterrows()], col=[f"{label} {METRIC_SHORT.get(m, m)}" for m in t["metric"]])
+    out = t.pivot_table(index="dataset", columns="col", values="cell", aggfunc="first", sort=False)
+    out.index = [DATASET_TITLES.get(d, d) for d in out.index]
+    out.columns.name = None
+    return out.fillna("–")
+
+
+def headline_table(table: pd.DataFrame, reported: pd.DataFrame, setting: str, backbone: str) -> pd.DataFrame:
+    """Our MVFA numbers on our datasets, the paper's on BMAD, stacked (different data: never one row)."""
+    ours = paper_shape(table, setting, "MVFA", f"ours ({backbone})")
+    theirs = paper_shape(reported, setting, "MVFA (reported)", "reported (CLIP, BMAD)")
+    if ours.empty:
+        return theirs
+    both = pd.concat([ours, theirs], axis=0)
+    return both.fillna("–")
+
+
+def methods_table(table: pd.DataFrame, metric: str, methods: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Rows (setting, method) -> per-dataset cells of ``metric``; ``methods`` lists (setting, method) in order."""
+    rows = {}
+    for setting, method in methods:
+        t = table[(table["setting"] == setting) & (table["method"].map(strip_backbone) == method) & (table["metric"] == metric)]
+        if t.empty:
+            continue
+        rows[f"{method} ({setting})"] = {DATASET_TITLES.get(r["dataset"], r["dataset"]): _cell(r) for _, r in t.iterrows()}
+    return pd.DataFrame(rows).T.fillna("–") if rows else pd.DataFrame()
+
+
+def value(table: pd.DataFrame, dataset: str, setting: str, method: str, metric: str = "image AUC") -> float:
+    t = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["method"].map(strip_backbone) == method)
+              & (table["metric"] == metric)]
+    return float(t["value"].iloc[0]) if len(t) else math.nan
+
+
+def anomaly_map_figure(images: Sequence[np.ndarray], masks: np.ndarray, maps: np.ndarray, scores: Sequence[float],
+                       title: str):
+    """Each column: the image, its ground-truth mask outlined, and MVFA's anomaly map (same colour scale for all)."""
+    import matplotlib.pyplot as plt
+
+    from medad.viz import show_image
+
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.0), squeeze=False)
+    lo, hi = float(np.min(maps)), float(np.max(maps))
+    for j in range(n):
+        size = maps[j].shape[-1]
+        show_image(axes[0, j], np.asarray(images[j]), f"image score {scores[j]:.2f}")
+        if masks[j].any():
+            axes[0, j].contour(_resize_mask(masks[j], np.asarray(images[j]).shape[:2]), levels=[0.5], colors="#ffd700",
+                               linewidths=1.0)
+        im = axes[1, j].imshow(maps[j], cmap="inferno", vmin=lo, vmax=hi, extent=(0, size, size, 0))
+        if masks[j].any():
+            axes[1, j].contour(_resize_mask(masks[j], (size, size)), levels=[0.5], colors="#00e0ff", linewidths=1.0)
+        axes[1, j].set_axis_off()
+    axes[0, 0].set_ylabel("image + mask")
+    fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, label="anomaly score (normalised, a.u.)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _resize_mask(mask: np.ndarray, shape) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.NEAREST)) > 127
+
+
+def tsne_figure(features: dict[str, np.ndarray], labels: np.ndarray, seed: int = 0, title: str = ""):
+    """t-SNE of image features, one panel per entry of ``features``; returns (figure, {name: silhouette}).
+
+    The silhouette (normal vs abnormal, cosine distance) is measured in the feature space itself, not on the
+    2-D picture, so it does not depend on t-SNE's randomness.
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    from sklearn.metrics import silhouette_score
+
+    fig, axes = plt.subplots(1, len(features), figsize=(4.2 * len(features), 3.8), squeeze=False)
+    sil = {}
+    for ax, (name, x) in zip(axes[0], features.items()):
+        sil[name] = float(silhouette_score(x, labels, metric="cosine"))
+        perplexity = float(min(30, max(5, (len(x) - 1) // 3)))
+        xy = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(x)
+        for c, colour, label in ((0, "#4c72b0", "normal"), (1, "#dd4444", "abnormal")):
+            ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=12, c=colour, label=label, alpha=0.8)
+        ax.set_title(f"{name}\nsilhouette {sil[name]:.3f}", fontsize=10)
+        ax.set_xlabel("t-SNE 1 (a.u.)")
+        ax.set_ylabel("t-SNE 2 (a.u.)")
+    axes[0, 0].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig, sil
+
+
+def image_features(out) -> np.ndarray:
+    """One vector per image from adapted tokens: the mean over patches of the det tokens, levels concatenated."""
+    import torch
+
+    return torch.cat([torch.nn.functional.normalize(t.mean(1), dim=-1) for t in out.det], dim=1).cpu().numpy()
+
+
+def k_curve(table: pd.DataFrame, metric: str = "image AUC", method: str = "MVFA") -> pd.DataFrame:
+    """Rows of ``method`` in every few-shot setting: dataset, K, value, ci_low, ci_high, seeds."""
+    t = table[table["setting"].str.startswith("few-shot K=") & (table["method"].map(strip_backbone) == method)
+              & (table["metric"] == metric)]
+    return t.assign(K=t["setting"].str.removeprefix("few-shot K=").astype(int))[
+        ["dataset", "K", "value", "ci_low", "ci_high", "seeds"]].sort_values(["dataset", "K"])
+
+
+def k_curve_figure(curve: pd.DataFrame, title: str):
+    """Image AUC against K, one line per dataset; error bars where several seeds give an interval."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for d, g in curve[curve["dataset"] != "average"].groupby("dataset", sort=False):
+        lo = (g["value"] - g["ci_low"]).fillna(0).clip(lower=0)
+        hi = (g["ci_high"] - g["value"]).fillna(0).clip(lower=0)
+        ax.errorbar(g["K"], g["value"], yerr=[lo, hi], marker="o", capsize=3, label=DATASET_TITLES.get(d, d))
+    ax.set_xscale("log", base=2)
+    ks = sorted(curve["K"].unique())
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("K (normal and abnormal support images each)")
+    ax.set_ylabel("image AUC")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
