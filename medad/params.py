@@ -10,7 +10,8 @@ Every chapter's ``medad/profiles/<chapter>.yml`` has, next to its ``quick`` and
       threads:  {type: int, min: 1, optional: true, help: "CPU threads; null = torch default"}
 
 Types: ``int``, ``float``, ``bool``, ``str``, ``list[int]``, ``list[float]``, ``list[str]``
-and ``dict[str, int]`` (a name -> count mapping). Keys: ``min``/``max`` (inclusive),
+``dict[str, int]`` (a name -> count mapping) and ``mapping`` (a nested mapping whose
+structure the chapter's own code checks, e.g. ViP's per-backbone ``limits``). Keys: ``min``/``max`` (inclusive),
 ``gt``/``lt`` (exclusive), ``choices``, ``optional`` (``null`` allowed) and ``help``.
 For a list, the bounds and choices apply to every element.
 
@@ -41,7 +42,7 @@ from pydantic import BeforeValidator
 from medad.errors import ConfigError
 
 SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
-TYPES = (*SCALARS, "list[int]", "list[float]", "list[str]", "dict[str, int]")
+TYPES = (*SCALARS, "list[int]", "list[float]", "list[str]", "dict[str, int]", "mapping")
 SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "optional", "help"}
 
 
@@ -85,6 +86,8 @@ def _field_type(chapter: str, param: str, spec) -> Any:
         typ = _element_type(kind, spec)
     elif kind.startswith("list["):
         typ = Annotated[list[_element_type(kind[5:-1], spec)], BeforeValidator(_no_bare_string)]
+    elif kind == "mapping":
+        typ = dict[str, Any]
     else:  # dict[str, int]: the bounds apply to the counts
         typ = dict[str, _element_type("int", {k: v for k, v in spec.items() if k != "choices"})]
     return Optional[typ] if spec.get("optional") else typ

@@ -497,3 +497,17 @@ def test_notebook_shows_medad_errors_as_one_line_and_records_its_imports(tmp_pat
 
     typo = pipeline.execute_chapter("kernel", "quick", None, extra={"samples_per_grd": 3})
     assert typo.error.startswith("ConfigError: data_atlas: unknown parameter(s) samples_per_grd given to papermill"), typo.error
+
+
+@pytest.mark.parametrize("chapter", ["mvfa", "vip", "egc"])
+def test_chapter_experiment_command_lines_validate_and_stop_in_one_line(chapter, capsys, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"medad.train.{chapter}_experiment")
+    assert module.main(["--profile", "nope", "--name", "x"]) == 2  # the profile is checked by the schema validator
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: ConfigError: {chapter}: profile must be one of"), err
+    monkeypatch.setattr(module, "run_long", _interrupt)
+    assert module.main(["--name", "x"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"python -m medad.train.{chapter}_experiment --name x" in err[0], err

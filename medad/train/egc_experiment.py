@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from medad.errors import ConfigError, DataError
+from medad.errors import ConfigError, DataError, command_line
 from medad.models.ca_unet import VARIANTS, build_segmenter
 from medad.models.gain import LESION, AttentionClassifier, build_classifier
 
@@ -590,10 +590,7 @@ def profile_config(profile: str) -> dict:
     """A mapping of medad/profiles/egc.yml: quick, full or long_cpu (the committed run's schedule)."""
     from medad import profiles
 
-    table = profiles.load(CHAPTER)
-    if profile not in table or profile == "schema":
-        raise ConfigError(f"profile must be one of quick, full, long_cpu (medad/profiles/{CHAPTER}.yml), got {profile!r}")
-    return dict(table[profile])
+    return profiles.resolve_named(CHAPTER, profile)  # validated against the schema in the YAML
 
 
 def schedule_text(cfg: dict) -> str:
@@ -636,6 +633,7 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_ro
     return write_run(CHAPTER, name, result["rows"], json.loads(json.dumps(prov, default=str)), root=out_root)
 
 
+@command_line("python -m medad.train.egc_experiment", on_interrupt="finished units are kept; to resume, rerun")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m medad.train.egc_experiment", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="long_cpu", help="a mapping in medad/profiles/egc.yml (long_cpu, quick, full)")
@@ -650,4 +648,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from medad.errors import ConfigError, DataError
+from medad.errors import ConfigError, DataError, command_line
 from medad.metrics.classification import roc_auc
 from medad.models import mvfa as M
 
@@ -592,7 +592,7 @@ def run_long(profile: str, data_dir, name: str, threads: int, device: str | None
     from tqdm.auto import tqdm
 
     torch.set_num_threads(threads)
-    cfg = dict(profiles.load(CHAPTER)[profile])
+    cfg = profiles.resolve_named(CHAPTER, profile)  # validated against the schema in medad/profiles/mvfa.yml
     dev = resolve_device(device or cfg.get("device", "cpu"))
     seed_everything(int(cfg.get("seed", 0)))
     datasets = check_datasets(cfg["datasets"])
@@ -615,7 +615,8 @@ def run_long(profile: str, data_dir, name: str, threads: int, device: str | None
         table["method"] = table["method"] + f" [{label}]"
         done_stages = list(dict.fromkeys(key.split("/")[0] for key in units))  # over every invocation of this run
         prov = {"kind": "long-cpu" if dev == "cpu" else "gpu-full", "schedule": schedule(cfg, done_stages),
-                "commit": commit, "code_sha256": digest,  # HEAD when the run started: the code that ran "profile": profile, "backbone": backbone.name,
+                "commit": commit, "code_sha256": digest,  # HEAD when the run started: the code that ran
+                "profile": profile, "backbone": backbone.name,
                 "backbone_weights": backbone.weights_source, "stand_in": backbone.is_standin,
                 "device": device_description(dev), "threads": threads, "started": started, "finished": provenance.now_utc(),
                 "seconds": round(time.perf_counter() - t0, 1), "data": opener.provenance(),
@@ -689,6 +690,7 @@ def schedule(cfg: dict, stages: Sequence[str]) -> str:
             f"per dataset; stages: {', '.join(stages)}")
 
 
+@command_line("python -m medad.train.mvfa_experiment", on_interrupt="finished units are kept; to resume, rerun")
 def main(argv=None) -> None:
     from medad.paths import REPO_ROOT, RESULTS_DIR
 
@@ -709,4 +711,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

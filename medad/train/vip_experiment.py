@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medad.errors import ConfigError
+from medad.errors import ConfigError, command_line
 from medad.features_cache import CachedFeatures, split_features
 from medad.metrics.classification import accuracy, macro_f1
 from medad.models.vip import PromptClassifier
@@ -451,10 +451,7 @@ def code_digest() -> str:
 def profile_config(profile: str) -> dict:
     import medad.profiles as profiles
 
-    data = profiles.load(CHAPTER)
-    if profile not in data or not isinstance(data[profile], dict):
-        raise ConfigError(f"medad/profiles/{CHAPTER}.yml has no mapping {profile!r}; it has {', '.join(k for k in data if k != 'schema')}")
-    return dict(data[profile])
+    return profiles.resolve_named(CHAPTER, profile)  # validated against the schema in the YAML
 
 
 def run_long(profile: str, data_dir, name: str, threads: int, root: Path, state_root: Path,
@@ -484,6 +481,7 @@ def run_long(profile: str, data_dir, name: str, threads: int, root: Path, state_
     return folder
 
 
+@command_line("python -m medad.train.vip_experiment", on_interrupt="finished units are kept; to resume, rerun")
 def main(argv=None) -> None:
     from medad.paths import REPO_ROOT, RESULTS_DIR
 
@@ -502,4 +500,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
