@@ -21,6 +21,21 @@ def git_commit() -> str:
         return "unknown (git unavailable)"
 
 
+def files_digest(paths) -> str:
+    """SHA-256 over files of the repository, each as its relative path, a NUL byte and its bytes, in the given order.
+
+    The experiment modules record it as ``code_sha256``: a run may start before its
+    code is committed, and this says which code it was.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        rel = (REPO_ROOT / path).resolve().relative_to(REPO_ROOT).as_posix()
+        digest.update(rel.encode() + b"\0" + (REPO_ROOT / rel).read_bytes())
+    return digest.hexdigest()
+
+
 def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medad import provenance
 from medad.errors import ConfigError, DataError, command_line
 from medad.models.ca_unet import VARIANTS, build_segmenter
 from medad.models.gain import LESION, AttentionClassifier, build_classifier
@@ -576,14 +577,8 @@ def _true_masks(test: dict, size: int) -> np.ndarray:
 
 def code_digest() -> str:
     """SHA-256 of the chapter's own code and profile (the run may start before they are committed)."""
-    from medad.paths import REPO_ROOT
-
-    digest = hashlib.sha256()
-    files = [REPO_ROOT / "medad" / p for p in ("models/gain.py", "models/ca_unet.py", "train/egc_experiment.py",
-                                               f"profiles/{CHAPTER}.yml")]
-    for f in files:
-        digest.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()
+    return provenance.files_digest(["medad/models/gain.py", "medad/models/ca_unet.py", "medad/train/egc_experiment.py",
+                                    f"medad/profiles/{CHAPTER}.yml"])
 
 
 def profile_config(profile: str) -> dict:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medad import provenance
 from medad.errors import ConfigError, DataError, command_line
 from medad.metrics.classification import roc_auc
 from medad.models import mvfa as M
@@ -546,15 +547,8 @@ def tidy(rows: Sequence[dict]) -> "pandas.DataFrame":
 
 
 def code_digest() -> str:
-    import hashlib
-
-    from medad.paths import REPO_ROOT
-
-    digest = hashlib.sha256()
-    for f in [REPO_ROOT / "medad/models/mvfa.py", REPO_ROOT / "medad/train/mvfa_experiment.py",
-              REPO_ROOT / f"medad/profiles/{CHAPTER}.yml"]:
-        digest.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()
+    """SHA-256 of the chapter's own code and profile (the run may start before they are committed)."""
+    return provenance.files_digest(["medad/models/mvfa.py", "medad/train/mvfa_experiment.py", f"medad/profiles/{CHAPTER}.yml"])
 
 
 def load_backbone_for(cfg: dict, device: str = "cpu"):

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medad import provenance
 from medad.errors import ConfigError, command_line
+from medad.paths import REPO_ROOT
 from medad.metrics.bootstrap import bootstrap_ci
 from medad.metrics.ged import distance_matrices, ged_from_distances, hungarian_iou, sample_diversity
 from medad.models.ambiguous import MODELS, TITLES, build_model
@@ -311,16 +313,9 @@ def _json_default(obj):
 
 def code_digest() -> str:
     """SHA-256 of the chapter's own code and profile (the run may start before they are committed)."""
-    import hashlib
-
-    from medad.paths import REPO_ROOT
-
-    digest = hashlib.sha256()
-    files = sorted((REPO_ROOT / "medad").glob("models/*.py")) + sorted((REPO_ROOT / "medad").glob("metrics/*.py"))
-    files += sorted((REPO_ROOT / "medad").glob("train/*.py")) + [REPO_ROOT / "medad" / "profiles" / f"{CHAPTER}.yml"]
-    for f in files:
-        digest.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()
+    package = REPO_ROOT / "medad"
+    files = sorted(package.glob("models/*.py")) + sorted(package.glob("metrics/*.py")) + sorted(package.glob("train/*.py"))
+    return provenance.files_digest(files + [package / "profiles" / f"{CHAPTER}.yml"])
 
 
 def chapter_commit() -> str:

@@ -28,7 +28,6 @@ Settings (the ``setting`` column of the table):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import time
@@ -38,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medad import provenance
 from medad.errors import ConfigError, command_line
+from medad.paths import REPO_ROOT
 from medad.features_cache import CachedFeatures, split_features
 from medad.metrics.classification import accuracy, macro_f1
 from medad.models.vip import PromptClassifier
@@ -438,14 +439,9 @@ def load_test_labels(dataset, bb_name, data_dir, cfg, backbones, given, feats) -
 
 def code_digest() -> str:
     """SHA-256 of the files that decide this chapter's numbers."""
-    from medad.paths import REPO_ROOT
-
-    files = ["medad/models/vip.py", "medad/train/vip_experiment.py", "medad/features_cache.py", "medad/symptoms.py",
-             "medad/profiles/vip.yml"] + sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "data" / "symptoms").glob("*.yml"))
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode() + b"\0" + (REPO_ROOT / name).read_bytes())
-    return digest.hexdigest()
+    symptoms = sorted((REPO_ROOT / "data" / "symptoms").glob("*.yml"))
+    return provenance.files_digest(["medad/models/vip.py", "medad/train/vip_experiment.py", "medad/features_cache.py",
+                                    "medad/symptoms.py", "medad/profiles/vip.yml", *symptoms])
 
 
 def profile_config(profile: str) -> dict:
