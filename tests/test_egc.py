@@ -98,7 +98,7 @@ def test_plain_and_mining_variants():
     am = build_classifier("effnet-lite0", "gain-am", image_size=64, frozen_stages=6)
     out = am.loss(labels, masks, images=images)
     assert 0.0 <= float(out["mining"].detach()) <= 1.0
-    with pytest.raises(ConfigError, match="needs images"):
+    with pytest.raises(ConfigError, match="needs the images"):
         am.loss(labels, masks, trunk=am.trunk(images))
 
 

@@ -167,10 +167,15 @@ class AttentionClassifier(nn.Module):
         """The terms of L (module docstring) for a batch of ``images`` or of precomputed ``trunk`` outputs.
 
         masks: (B, H, W) bool at the image size, all-false for normal images. Attention mining
-        needs the images themselves (it classifies the masked image again).
+        needs the images themselves (it classifies the masked image again); pass both ``trunk``
+        (the cached output of ``.trunk(images)``, used for the main forward pass) and ``images``
+        to train with mining at the cost of one extra pass through the whole network for the
+        lesion images only.
         """
-        if (images is None) == (trunk is None):
-            raise ConfigError("pass exactly one of images (B, 3, H, W) or trunk (the output of .trunk)")
+        if images is None and trunk is None:
+            raise ConfigError("pass images (B, 3, H, W) or trunk (the output of .trunk), or both for attention mining")
+        if images is not None and trunk is not None and images.shape[0] != trunk.shape[0]:
+            raise ConfigError(f"images ({images.shape[0]}) and trunk outputs ({trunk.shape[0]}) must be the same batch")
         batch = (images if images is not None else trunk).shape[0]
         if masks.ndim != 3 or masks.shape[0] != batch or (images is not None and masks.shape[-2:] != images.shape[-2:]):
             shape = tuple(images.shape) if images is not None else f"{batch} images"
@@ -178,8 +183,8 @@ class AttentionClassifier(nn.Module):
                             f"expected one (H, W) mask per image, of the image's size")
         wts = self.weights
         if wts.mining > 0 and images is None:
-            raise ConfigError("attention mining (weight > 0) needs images, not precomputed trunk features")
-        feats = self.features(images) if images is not None else self.features_from_trunk(trunk)
+            raise ConfigError("attention mining (weight > 0) needs the images too, not only precomputed trunk features")
+        feats = self.features_from_trunk(trunk) if trunk is not None else self.features(images)
         logits = self.head(feats)
         ce = F.cross_entropy(logits, labels)
         out = {"ce": ce}

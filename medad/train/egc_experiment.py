@@ -57,6 +57,7 @@ STANDIN = {
 # On-screen overlays of Kvasir-SEG / HyperKvasir frames as (x0, y0, x1, y1) fractions of the frame:
 # the text column at the left edge and the scope-position box in the lower-left corner.
 OVERLAY_BOXES = ((0.0, 0.04, 0.15, 0.62), (0.0, 0.62, 0.34, 1.0))
+CLS_METHODS = {"gain": "GAIN", "plain": "plain classifier", "gain-am": "GAIN + attention mining"}
 SEG_METHODS = {"unet": "U-Net", "unet+cbam": "U-Net + CBAM", "unet+aspp": "U-Net + ASPP", "ca-unet": "CA-U-Net"}
 
 
@@ -297,7 +298,12 @@ def attention_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
 
 def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict, checkpoint_dir: Path | None = None,
                      progress: bool = True) -> tuple[AttentionClassifier, dict]:
-    """Train one classifier (``method`` gain / plain) on cached trunk outputs; select on validation AUC."""
+    """Train one classifier (``method`` gain / plain / gain-am) on cached trunk outputs; select on validation AUC.
+
+    ``gain-am`` adds GAIN's attention-mining term, which classifies each lesion image again with its
+    attended region erased: that pass goes through the whole network (the frozen stages too, for
+    the gradient that reaches the attention map), so it is several times slower per image.
+    """
     from medad.metrics.classification import roc_auc
 
     model = build_classifier(cfg["arch"], method, pretrained=cfg.get("weights_file") or True, image_size=cfg["image_size"],
@@ -308,13 +314,18 @@ def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict
     labels = torch.from_numpy(train["labels"])
     masks = torch.from_numpy(train["masks"])
     z, z_flip = trunks["train"], trunks["train_flip"]
+    mining = model.weights.mining > 0
 
     def batch_loss(index, rng):
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
         idx = torch.from_numpy(index)
         batch = torch.where(flip.view(-1, 1, 1, 1), z_flip[idx], z[idx])
         mk = torch.where(flip.view(-1, 1, 1), masks[idx].flip(-1), masks[idx])
-        return model.loss(labels[idx].to(dev), mk.to(dev), trunk=batch.to(dev))
+        images = None
+        if mining:  # the same flipped images the cached trunk outputs came from
+            raw = to_float(train["images"][index])
+            images = torch.where(flip.view(-1, 1, 1, 1), raw.flip(-1), raw).to(dev)
+        return model.loss(labels[idx].to(dev), mk.to(dev), trunk=batch.to(dev), images=images)
 
     def validate():
         return roc_auc(val["labels"], lesion_probability(model, trunks["val"]))
@@ -430,10 +441,9 @@ def check_config(cfg: dict) -> dict:
 
     if cfg["arch"] not in ARCHITECTURES:
         raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {cfg['arch']!r}")
-    bad = [m for m in cfg["cls_methods"] if m not in ("gain", "plain")]
+    bad = [m for m in cfg["cls_methods"] if m not in CLS_METHODS]
     if bad:
-        raise ConfigError(f"cls_methods must be among 'gain', 'plain' (attention mining needs images, not cached "
-                          f"trunk features; see medad.models.gain), got {bad}")
+        raise ConfigError(f"cls_methods must be among {', '.join(repr(m) for m in CLS_METHODS)}, got {bad}")
     bad = [v for v in cfg["seg_variants"] if v not in VARIANTS]
     if bad:
         raise ConfigError(f"seg_variants must be among {', '.join(VARIANTS)}, got {bad}")
@@ -473,31 +483,42 @@ def compute_trunks(cfg: dict, cls: dict, progress: bool = True) -> dict:
 
 
 def method_label(cfg: dict, method: str, weights_label: str) -> str:
-    name = {"gain": "GAIN", "plain": "plain classifier"}[method]
+    name = CLS_METHODS[method]
     arch = {"effnet-lite0": "EfficientNet-Lite0", "effnet-lite2": "EfficientNet-Lite2", "resnet50": "ResNet-50",
             "vgg16": "VGG-16"}[cfg["arch"]]
     return f"{name} ({arch}, {weights_label})"
 
 
+PARTS = ("classification", "segmentation")
+
+
 def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, progress: bool = True,
-                   data: dict | None = None) -> dict:
-    """Everything the chapter reports: tidy rows, per-seed numbers, and what the figures need."""
+                   data: dict | None = None, parts: tuple[str, ...] = PARTS) -> dict:
+    """Everything the chapter reports: tidy rows, per-seed numbers, and what the figures need.
+
+    ``parts`` limits the work to the classifiers or the segmenters (the two-stage pipeline needs
+    both): two processes, one per part, can fill the checkpoints of one run side by side, and a
+    last run over both parts then only evaluates.
+    """
     from medad.metrics.bootstrap import bootstrap_ci
     from medad.results import row, rows_over_seeds
 
     from medad.runtime import resolve_device
 
     cfg = check_config(dict(cfg))
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise ConfigError(f"parts must be among {', '.join(PARTS)}, got {list(parts)}")
     cfg["_device"] = resolve_device(cfg.get("device") or "cpu")  # models and batches go there; arrays stay on the CPU
     data = data or load_data(cfg, open_dataset, progress)
     cls, seg = data["cls"], data["seg"]
-    cached = compute_trunks(cfg, cls, progress)
-    trunks = cached["trunks"]
+    cached = compute_trunks(cfg, cls, progress) if "classification" in parts else {}
+    trunks = cached.get("trunks", {})
     per_seed: dict[str, list[dict]] = {}
     keep: dict = {}
     timing: dict[str, float] = {}
     histories: dict[str, list] = {}
-    for method in cfg["cls_methods"]:
+    for method in cfg["cls_methods"] if "classification" in parts else ():
         for seed in cfg["seeds"]:
             model, info = train_classifier(cfg, method, seed, cls, trunks, checkpoint_dir, progress)
             scores, arrays = evaluate_classifier(model, cls["test"], trunks, cfg)
@@ -518,7 +539,7 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
 
     seg_scores: dict[str, list[dict]] = {}
     seg_models = {}
-    for variant in cfg["seg_variants"]:
+    for variant in cfg["seg_variants"] if "segmentation" in parts else ():
         for seed in cfg["seg_seeds"]:
             model, info = train_segmenter(cfg, variant, seed, seg, checkpoint_dir, progress)
             scores = segmentation_scores(*predict_masks(model, seg["test"], cfg["seg_size"]))
@@ -534,6 +555,7 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
             est = bootstrap_ci(per_image, np.arange(n_seg), n_boot=cfg["bootstrap"], seed=cfg["seed"])[0]
             rows.append(row(STANDIN[SEG_DATASET], "test", SEG_METHODS[variant], metric, est.mean, est.low, est.high,
                             seeds=len(runs), n=est.n))
+    rows += paired_differences(seg_scores, "unet", n_boot=cfg["bootstrap"], seed=cfg["seed"])
 
     pipeline = None
     if "gain" in keep and seg_models:
@@ -545,6 +567,36 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
                             f"GAIN then {SEG_METHODS[variant]} (first seeds)", metric, est.mean, est.low, est.high, 1, est.n))
     return {"rows": rows, "per_seed": per_seed, "seg_per_seed": seg_scores, "keep": keep, "seg_models": seg_models,
             "pipeline": pipeline, "data": data, "cached": cached, "timing": timing, "histories": histories, "config": cfg}
+
+
+PAIRED_SETTING = "test, paired difference to U-Net"
+
+
+def paired_differences(seg_scores: dict[str, list[dict]], reference: str = "unet", n_boot: int = 1000,
+                       seed: int = 0) -> list[dict]:
+    """Each variant minus ``reference`` on the same test images (IoU, Dice): mean and 95% paired bootstrap interval.
+
+    Per image, both networks' scores are first averaged over their seeds; resampling the image
+    differences keeps the pairing, so the interval is much narrower than comparing two separate
+    intervals, and one that excludes 0 ranks the two networks on this test set.
+    """
+    from medad.metrics.bootstrap import bootstrap_ci
+    from medad.results import row
+
+    if reference not in seg_scores:
+        return []
+    base = {m: np.nanmean(np.stack([r[m] for r in seg_scores[reference]]), axis=0) for m in ("iou", "dice")}
+    rows = []
+    for variant, runs in seg_scores.items():
+        if variant == reference:
+            continue
+        for metric in ("iou", "dice"):
+            diff = np.nanmean(np.stack([r[metric] for r in runs]), axis=0) - base[metric]
+            keep = np.isfinite(diff)
+            est = bootstrap_ci(diff[keep], np.arange(int(keep.sum())), n_boot=n_boot, seed=seed)[0]
+            rows.append(row(STANDIN[SEG_DATASET], PAIRED_SETTING, f"{SEG_METHODS[variant]} minus {SEG_METHODS[reference]}",
+                            metric, est.mean, est.low, est.high, seeds=len(runs), n=est.n))
+    return rows
 
 
 def two_stage(prob: np.ndarray, segmenter, test: dict, cfg: dict) -> dict:
@@ -575,6 +627,12 @@ def _true_masks(test: dict, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- the long CPU run
 
 
+def seg_seed_means(seg_scores: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per variant and seed: the test mean of each segmentation metric (the seed-to-seed spread, for provenance)."""
+    return {variant: [{m: float(np.nanmean(v)) for m, v in run.items()} for run in runs]
+            for variant, runs in seg_scores.items()}
+
+
 def code_digest() -> str:
     """SHA-256 of the chapter's own code and profile (the run may start before they are committed)."""
     return provenance.files_digest(["medad/models/gain.py", "medad/models/ca_unet.py", "medad/train/egc_experiment.py",
@@ -596,8 +654,13 @@ def schedule_text(cfg: dict) -> str:
 
 
 def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_root: Path | None = None,
-             checkpoint_root: Path | None = None) -> Path:
-    """Run the whole experiment under ``profile`` and write results/egc/<name>/ (table.csv, provenance.json)."""
+             checkpoint_root: Path | None = None, only: str | None = None) -> Path:
+    """Run the whole experiment under ``profile`` and write results/egc/<name>/ (table.csv, provenance.json).
+
+    ``only`` ('classification' or 'segmentation') trains just that part into the run's checkpoints
+    and writes no results: start one process per part side by side (one CPU thread each), then the
+    same command without ``only`` finds every model trained and evaluates them all.
+    """
     from medad import provenance
     from medad.data.registry import open_dataset, resolve_data_dir
     from medad.results import write_run
@@ -616,6 +679,9 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_ro
         opened.append(ds.provenance())
         return ds
 
+    if only is not None:
+        run_experiment(cfg, open_ds, checkpoint_dir=Path(checkpoint_root), progress=True, parts=(only,))
+        return Path(checkpoint_root)
     result = run_experiment(cfg, open_ds, checkpoint_dir=Path(checkpoint_root), progress=True)
     dev = result["config"]["_device"]
     kind = "long-cpu" if profile == "long_cpu" else ("gpu-full" if profile == "full" and dev.startswith("cuda") else "cpu")
@@ -624,7 +690,8 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_ro
             "seed": cfg["seed"], "started": started, "finished": provenance.now_utc(),
             "seconds": round(time.perf_counter() - t0, 1), "parameters": cfg, "data": opened,
             "weights": result["cached"]["weights_source"], "timing_seconds": result["timing"],
-            "per_seed": result["per_seed"], "environment": provenance.environment()}
+            "per_seed": result["per_seed"], "seg_per_seed": seg_seed_means(result["seg_per_seed"]),
+            "environment": provenance.environment()}
     return write_run(CHAPTER, name, result["rows"], json.loads(json.dumps(prov, default=str)), root=out_root)
 
 
@@ -635,11 +702,14 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", default=None, help="folder of the archives (default $MEDAD_DATA, else synthetic data)")
     ap.add_argument("--name", required=True, help="run name: results/egc/<name>/")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--only", choices=PARTS, default=None,
+                    help="train only this part into the run's checkpoints and write no results (run one process per "
+                         "part side by side, then the command without --only evaluates everything)")
     args = ap.parse_args(argv)
     if args.threads < 1:
         raise SystemExit("--threads must be >= 1")
-    folder = run_long(args.profile, args.data_dir, args.name, args.threads)
-    print(f"wrote {folder}")
+    folder = run_long(args.profile, args.data_dir, args.name, args.threads, only=args.only)
+    print(f"checkpoints of the {args.only} part are in {folder}" if args.only else f"wrote {folder}")
 
 
 if __name__ == "__main__":
