@@ -5,7 +5,8 @@
 
 Classifier: one Adam step of GAIN's loss (0.9 CE + 0.1 MSE) per batch, timed twice: from
 images through the whole network, and from the cached output of the frozen stages (how the
-experiment trains). Segmenters: one Adam step of pixel-wise cross-entropy for each ablation
+experiment trains); then with GAIN's attention-mining term, whose second pass over the erased
+lesion images goes through the whole network. Segmenters: one Adam step of pixel-wise cross-entropy for each ablation
 variant. Random inputs (speed does not depend on pixel values); best of ``--repeats`` batches
 after one warm-up batch. Prints one line per model.
 """
@@ -73,6 +74,12 @@ def main(argv=None) -> int:
     cached = _best_rate(step(trunk=trunk), b, args.repeats, device)
     print(f"GAIN classifier {args.arch} ({model.weights_label}) {s} px, batch {b}: {full:7.1f} images/s from images, "
           f"{cached:7.1f} images/s from cached trunk (first {args.frozen_stages} stages frozen)", flush=True)
+    # attention mining classifies each lesion image (half of this batch) again through the whole network
+    model.weights.mining = 1.0
+    mining = _best_rate(step(trunk=trunk, images=images), b, args.repeats, device)
+    model.weights.mining = 0.0
+    print(f"GAIN + attention mining, same batch (half lesion images): {mining:7.1f} images/s from cached trunk + images, "
+          f"{cached / mining:.1f}x slower than GAIN from cached trunk", flush=True)
 
     z, sb = args.seg_size, args.seg_batch
     seg_images = torch.rand(sb, 3, z, z, device=device)

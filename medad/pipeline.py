@@ -242,6 +242,8 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
         papermill.execute_notebook(
             str(source_nb), str(partial), parameters=parameters, kernel_name="python3",
             cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
+            # the local kernel's start-up warning about unencrypted TCP is noise on the build's console
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as exc:  # a chapter's failure is reported at the end, never hides the others
         if getattr(exc, "ename", "") == "KeyboardInterrupt":  # Ctrl-C reached the kernel first

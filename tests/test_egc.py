@@ -102,6 +102,25 @@ def test_plain_and_mining_variants():
         am.loss(labels, masks, trunk=am.trunk(images))
 
 
+def test_mining_on_cached_trunk_equals_the_image_path():
+    # training passes the cached trunk for the main pass and the images for the mining pass only
+    am = build_classifier("effnet-lite0", "gain-am", image_size=64, frozen_stages=6, seed=3)
+    torch.manual_seed(4)
+    images = torch.rand(3, 3, 64, 64)
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[2, 8:40, 16:48] = True
+    labels = torch.tensor([0, 0, 1])
+    both = am.loss(labels, masks, images=images, trunk=am.trunk(images))
+    ref = am.loss(labels, masks, images=images)
+    for key in ("ce", "attention", "mining", "loss"):
+        torch.testing.assert_close(both[key], ref[key], msg=key)
+    assert float(both["mining"].detach()) > 0
+    both["loss"].backward()  # the mining term reaches the trainable stages through the attention map
+    assert all(p.grad is not None for p in am.fc.parameters())
+    with pytest.raises(ConfigError, match="same batch"):
+        am.loss(labels, masks, images=images, trunk=am.trunk(images[:2]))
+
+
 def test_bad_input_is_a_clear_error(tmp_path, lite0):
     with pytest.raises(DataError, match="do not match images"):
         lite0.loss(torch.tensor([1]), torch.ones(1, 32, 32, dtype=torch.bool), images=torch.rand(1, 3, 64, 64))
@@ -216,3 +235,94 @@ def test_report_tables_name_the_standin_and_keep_reported_apart():
     seg = report.segmentation_table(table, load_reported("egc"), "run-x")
     assert seg.loc[0, "IoU"] == "0.500 (0.450–0.550)" and "STAND-IN" in seg.loc[0, "Data"]
     assert report.value(table, "CA-U-Net", "iou") == 0.5 and np.isnan(report.value(table, "U-Net", "iou"))
+
+
+def _seg_runs(per_seed_means: list[np.ndarray]) -> list[dict]:
+    return [{"iou": m, "dice": m, "pixel_accuracy": m} for m in per_seed_means]
+
+
+def test_paired_differences_rank_variants_on_the_same_images():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 60)  # hard and easy images: separate intervals overlap, the pairing removes that spread
+    scores = {"unet": _seg_runs([base, base + 0.01]),
+              "ca-unet": _seg_runs([base + 0.05, base + 0.06]),            # better on every image by 0.05
+              "unet+cbam": _seg_runs([base + rng.normal(0, 0.05, 60), base])}  # noise around U-Net
+    rows = {r["method"]: r for r in E.paired_differences(scores, "unet", n_boot=500) if r["metric"] == "dice"}
+    ca = rows["CA-U-Net minus U-Net"]
+    assert ca["value"] == pytest.approx(0.05) and ca["ci_low"] > 0 and ca["seeds"] == 2 and ca["n"] == 60
+    cbam = rows["U-Net + CBAM minus U-Net"]
+    assert cbam["ci_low"] < 0 < cbam["ci_high"]
+    assert E.paired_differences({"ca-unet": scores["ca-unet"]}, "unet") == []  # no reference trained: no rows
+
+    import pandas as pd
+
+    from medad.reports import egc as report
+
+    table = pd.DataFrame(E.paired_differences(scores, "unet", n_boot=500))
+    sentence = report.ranking_sentence(table)
+    assert "CA-U-Net is better than U-Net (Dice +0.050" in sentence
+    assert "U-Net + CBAM is not told apart from U-Net" in sentence
+    worse = table.assign(value=-table["value"], ci_low=-table["ci_high"], ci_high=-table["ci_low"])
+    assert "CA-U-Net is worse than U-Net" in report.ranking_sentence(worse)
+    shown = report.difference_table(table)
+    assert list(shown.columns) == ["Method", "IoU difference", "Dice difference"] and len(shown) == 2
+
+
+def test_mining_sentence_compares_with_gain():
+    import pandas as pd
+
+    from medad.reports import egc as report
+    from medad.results import row
+
+    d = E.STANDIN[E.CLS_DATASET]
+    rows = [row(d, "test", f"{name} (EfficientNet-Lite0, ImageNet)", metric, v, v - 0.01, v + 0.01, 3, 100)
+            for name, base in (("GAIN", 0.5), ("GAIN + attention mining", 0.6))
+            for metric, v in (("accuracy", base + 0.3), ("attention_iou", base - 0.2), ("pointing_game", base))]
+    text = report.mining_sentence(pd.DataFrame(rows))
+    assert "attention IoU 0.400 (0.390–0.410) against 0.300 (0.290–0.310)" in text
+    assert "did not train" in report.mining_sentence(pd.DataFrame(rows[:3]))
+
+
+def test_parts_fill_checkpoints_side_by_side_then_one_run_evaluates(tmp_path):
+    from medad.data import open_dataset
+
+    cfg = E.profile_config("quick")
+    cfg.update(image_size=64, train_images=24, val_images=12, test_images=12, cls_epochs=1, cls_methods=["gain", "gain-am"],
+               seg_size=32, seg_channels=[4, 8], seg_train_images=8, seg_val_images=4, seg_test_images=4, seg_epochs=1,
+               seg_variants=["unet", "ca-unet"], seg_seeds=[0, 1], bootstrap=100)
+    ck = tmp_path / "ck"
+
+    def open_ds(name, split):
+        return open_dataset(name, split, None)  # synthetic stand-ins
+
+    cls_only = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False, parts=("classification",))
+    seg_only = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False, parts=("segmentation",))
+    assert cls_only["seg_per_seed"] == {} and cls_only["pipeline"] is None
+    assert seg_only["per_seed"] == {} and set(seg_only["seg_per_seed"]) == {"unet", "ca-unet"}
+    assert sorted(p.name for p in ck.iterdir()) == ["cls-gain-am-seed0.pt", "cls-gain-seed0.pt", "seg-ca-unet-seed0.pt",
+                                                     "seg-ca-unet-seed1.pt", "seg-unet-seed0.pt", "seg-unet-seed1.pt"]
+    whole = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False)
+    assert whole["timing"] == {**cls_only["timing"], **seg_only["timing"]}  # resumed from the checkpoints, not retrained
+    settings = {r["setting"] for r in whole["rows"]}
+    assert {"test", "test, two-stage", E.PAIRED_SETTING} <= settings
+    methods = {r["method"] for r in whole["rows"]}
+    assert "GAIN + attention mining (EfficientNet-Lite0, ImageNet)" in methods
+    with pytest.raises(ConfigError, match="parts must be among"):
+        E.run_experiment(cfg, open_ds, parts=("pipeline",))
+
+
+def test_convergence_sentence_and_curves_of_a_run():
+    from medad.reports import egc as report
+
+    rising = [{"epoch": e, "loss": 1.0, "val": 0.1 * e} for e in (1, 2, 3)]
+    flat = [{"epoch": e, "loss": 1.0, "val": v} for e, v in ((1, 0.5), (2, 0.7), (3, 0.6))]
+    hist = {"seg-unet-seed0": rising, "seg-unet-seed1": rising, "seg-ca-unet-seed0": flat, "cls-gain-am-seed0": rising}
+    assert report.best_in_last_epoch(hist) == (2, 3)
+    assert report.convergence_sentence(hist).startswith("2 of the 3 segmenters scored their best validation Dice in "
+                                                        "their last epoch (epoch 3), so the ablation compares")
+    assert "levelled off" in report.convergence_sentence({"seg-unet-seed0": flat})
+    assert "no training curves" in report.convergence_sentence(None)
+    fig = report.training_curves({"histories": hist})
+    seg_ax = fig.axes[1]
+    assert len(seg_ax.lines) == 3 and [t.get_text() for t in seg_ax.get_legend().get_texts()] == ["unet", "ca-unet"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["gain-am"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medad.results import format_interval
-from medad.train.egc_experiment import CLS_DATASET, SEG_DATASET, STANDIN
+from medad.train.egc_experiment import CLS_DATASET, PAIRED_SETTING, SEG_DATASET, STANDIN
 
 CLS_COLUMNS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "specificity": "Specificity",
                "f1": "F1", "auc": "AUC"}
@@ -84,6 +84,45 @@ def value(table: pd.DataFrame, method_prefix: str, metric: str) -> float:
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
+def difference_table(ours: pd.DataFrame) -> pd.DataFrame:
+    """Each segmenter minus U-Net on the same test images: IoU and Dice, mean (95% paired bootstrap interval)."""
+    part = ours[(ours["dataset"] == STANDIN[SEG_DATASET]) & (ours["setting"] == PAIRED_SETTING)]
+    return _cells(part, {"iou": "IoU difference", "dice": "Dice difference"})
+
+
+def ranking_sentence(ours: pd.DataFrame, metric: str = "dice") -> str:
+    """One sentence per variant: better than, worse than, or not told apart from U-Net (paired interval vs 0)."""
+    part = ours[(ours["setting"] == PAIRED_SETTING) & (ours["metric"] == metric)]
+    if part.empty:
+        return f"This run's table has no paired {metric} differences to U-Net."
+    said = []
+    for method, v, lo, hi in zip(part["method"], part["value"], part["ci_low"], part["ci_high"]):
+        name = method.split(" minus ")[0]
+        if np.isfinite(lo) and lo > 0:
+            verdict = "better than U-Net"
+        elif np.isfinite(hi) and hi < 0:
+            verdict = "worse than U-Net"
+        else:
+            verdict = "not told apart from U-Net"
+        said.append(f"{name} is {verdict} ({metric.capitalize()} {v:+.3f}, 95% interval {lo:+.3f} to {hi:+.3f})")
+    return "; ".join(said) + "."
+
+
+def mining_sentence(ours: pd.DataFrame) -> str:
+    """What adding attention mining to GAIN changed in the run: accuracy, attention IoU, pointing game."""
+    def cell(prefix, metric):
+        hit = ours[ours["method"].str.startswith(prefix) & (ours["metric"] == metric)]
+        return (format_interval(*hit[["value", "ci_low", "ci_high"]].iloc[0].tolist()) if len(hit) else None)
+
+    pairs = [(m, cell("GAIN (", m), cell("GAIN + attention mining", m))
+             for m in ("accuracy", "attention_iou", "pointing_game")]
+    if any(am is None or base is None for _, base, am in pairs):
+        return "This run did not train GAIN with attention mining."
+    names = {"accuracy": "accuracy", "attention_iou": "attention IoU", "pointing_game": "pointing game"}
+    return ("With attention mining, against GAIN without it: "
+            + "; ".join(f"{names[m]} {am} against {base}" for m, base, am in pairs) + ".")
+
+
 def example_figure(result: dict, n: int = 4, title_data: str = STANDIN[CLS_DATASET]):
     """Test lesion images: image, true mask, GAIN attention, plain Grad-CAM, CA-U-Net output (two-stage)."""
     import matplotlib.pyplot as plt
@@ -96,7 +135,7 @@ def example_figure(result: dict, n: int = 4, title_data: str = STANDIN[CLS_DATAS
     lesion_index = first["lesion_index"][:n]
     pipeline = result.get("pipeline")
     columns = ["image", "lesion mask"] + [f"{_short(m)} attention" for m in keep] + (["two-stage output"] if pipeline else [])
-    fig, axes = plt.subplots(len(lesion_index), len(columns), figsize=(1.9 * len(columns), 1.9 * len(lesion_index)),
+    fig, axes = plt.subplots(len(lesion_index), len(columns), figsize=(1.7 * len(columns), 1.7 * len(lesion_index)),
                              squeeze=False)
     for r, i in enumerate(lesion_index):
         image = test["images"][i]
@@ -120,7 +159,7 @@ def example_figure(result: dict, n: int = 4, title_data: str = STANDIN[CLS_DATAS
 
 
 def _short(method: str) -> str:
-    return {"gain": "GAIN", "plain": "plain"}.get(method, method)
+    return {"gain": "GAIN", "plain": "plain", "gain-am": "GAIN+AM"}.get(method, method)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -129,18 +168,46 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
+def best_in_last_epoch(histories: dict, prefix: str = "seg") -> tuple[int, int]:
+    """(how many, of how many) models starting with ``prefix`` scored best on validation in their last epoch."""
+    runs = [h for name, h in histories.items() if name.startswith(prefix) and h]
+    last = sum(max(range(len(h)), key=lambda i: h[i]["val"]) == len(h) - 1 for h in runs)
+    return int(last), len(runs)
+
+
+def convergence_sentence(histories: dict | None) -> str:
+    """Whether the run's segmenters were still improving when their budget ended."""
+    if not histories:
+        return "This run's provenance has no training curves."
+    last, total = best_in_last_epoch(histories)
+    epochs = max((len(h) for name, h in histories.items() if name.startswith("seg")), default=0)
+    if total == 0:
+        return "This run trained no segmenter."
+    verdict = ("so the ablation compares the networks after the same short training, not at convergence"
+               if last > total / 2 else "so most had levelled off within the budget")
+    return (f"{last} of the {total} segmenters scored their best validation Dice in their last epoch "
+            f"(epoch {epochs}), {verdict}.")
+
+
 def training_curves(result: dict):
-    """Validation score per epoch of every trained model of a run (the epoch kept is the best one)."""
+    """Validation score per epoch of every trained model of a run: one colour per model, one line per seed."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    colours: dict[str, str] = {}
     for name, history in result["histories"].items():
-        ax = axes[0] if name.startswith("cls") else axes[1]
-        ax.plot([h["epoch"] for h in history], [h["val"] for h in history], marker="o", label=name.split("-", 1)[1])
+        kind, rest = name.split("-", 1)                      # 'cls-gain-am-seed0' -> 'cls', 'gain-am-seed0'
+        model = rest.rsplit("-seed", 1)[0]
+        ax = axes[0] if kind == "cls" else axes[1]
+        first = model not in colours
+        colours.setdefault(model, f"C{len(colours) % 10}")
+        ax.plot([h["epoch"] for h in history], [h["val"] for h in history], marker="o", markersize=3, linewidth=1,
+                color=colours[model], alpha=0.8, label=model if first else None)
     axes[0].set(title="Classifiers (endoscopy_ad STAND-IN)", xlabel="epoch", ylabel="validation ROC AUC")
     axes[1].set(title="Segmenters (Kvasir-SEG STAND-IN)", xlabel="epoch", ylabel="validation Dice")
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
     return fig

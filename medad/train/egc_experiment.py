@@ -3,9 +3,12 @@
 Used by the chapter notebook (quick/full profiles) and by the long CPU run::
 
     nice -n 5 python -m medad.train.egc_experiment --profile long_cpu --data-dir /work/shared/data \\
-        --name long-cpu-2026-11-23
+        --name long-cpu-2026-11-23b
 
 which writes ``results/egc/<name>/table.csv`` and ``provenance.json`` (no images, no weights).
+On a 2-core machine, first train the two parts side by side, one thread each (same command
+plus ``--only classification`` and ``--only segmentation``); the plain command then finds
+every model in the run's checkpoints and only evaluates.
 
 Protocol (stand-in data: lower-GI endoscopy, not gastric cancer):
 
@@ -691,6 +694,7 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, out_ro
             "seconds": round(time.perf_counter() - t0, 1), "parameters": cfg, "data": opened,
             "weights": result["cached"]["weights_source"], "timing_seconds": result["timing"],
             "per_seed": result["per_seed"], "seg_per_seed": seg_seed_means(result["seg_per_seed"]),
+            "histories": result["histories"],
             "environment": provenance.environment()}
     return write_run(CHAPTER, name, result["rows"], json.loads(json.dumps(prov, default=str)), root=out_root)
 
