@@ -326,3 +326,12 @@ def test_convergence_sentence_and_curves_of_a_run():
     seg_ax = fig.axes[1]
     assert len(seg_ax.lines) == 3 and [t.get_text() for t in seg_ax.get_legend().get_texts()] == ["unet", "ca-unet"]
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["gain-am"]
+
+
+def test_fit_breaks_ties_of_the_first_score_with_the_second():
+    net = torch.nn.Linear(2, 1)
+    scores = iter([(1.0, -0.5), (1.0, -0.2), (0.9, 0.0), (1.0, -0.3)])  # AUC saturates; the log-likelihood decides
+    info = E.fit(net, lambda i, r: {"loss": net(torch.ones(len(i), 2)).sum()}, 4, lambda: next(scores), epochs=4,
+                 batch_size=4, lr=1e-2, seed=0, progress=False)
+    assert info["best_epoch"] == 2 and info["best_val"] == 1.0
+    assert [h["val"] for h in info["history"]] == [1.0, 1.0, 0.9, 1.0] and info["history"][1]["val_key"] == [1.0, -0.2]

@@ -90,6 +90,21 @@ def difference_table(ours: pd.DataFrame) -> pd.DataFrame:
     return _cells(part, {"iou": "IoU difference", "dice": "Dice difference"})
 
 
+def seed_table(seg_per_seed: dict | None) -> pd.DataFrame:
+    """Each segmenter's test IoU and Dice for every training seed (from a run's provenance), worst and best marked."""
+    from medad.train.egc_experiment import SEG_METHODS
+
+    rows = []
+    for variant, runs in (seg_per_seed or {}).items():
+        cells = {"Method": SEG_METHODS.get(variant, variant)}
+        for metric, name in (("iou", "IoU per seed"), ("dice", "Dice per seed")):
+            values = [r[metric] for r in runs]
+            cells[name] = " / ".join(f"{v:.3f}" for v in values)
+            cells[f"{name.split()[0]} range"] = f"{min(values):.3f}–{max(values):.3f}"
+        rows.append(cells)
+    return pd.DataFrame(rows, columns=["Method", "IoU per seed", "IoU range", "Dice per seed", "Dice range"])
+
+
 def ranking_sentence(ours: pd.DataFrame, metric: str = "dice") -> str:
     """One sentence per variant: better than, worse than, or not told apart from U-Net (paired interval vs 0)."""
     part = ours[(ours["setting"] == PAIRED_SETTING) & (ours["metric"] == metric)]

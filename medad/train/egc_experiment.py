@@ -15,7 +15,8 @@ Protocol (stand-in data: lower-GI endoscopy, not gastric cancer):
 - classification on ``endoscopy_ad`` (Kvasir-SEG polyps with masks vs HyperKvasir normal colon
   frames; its split keeps near-duplicate frames together): GAIN (0.9 CE + 0.1 MSE) and the plain
   classifier (CE) on the same ImageNet backbone, ``seeds`` training seeds, the epoch with the best
-  validation AUC kept. With ``frozen_stages`` > 0 the stem and first stages keep their ImageNet
+  validation AUC kept (ties, common once AUC reaches 1, broken by the validation log-likelihood).
+  With ``frozen_stages`` > 0 the stem and first stages keep their ImageNet
   weights; their output is computed once per image (and for its horizontal flip, the training
   augmentation) and every model trains on it - the CPU budget allows nothing else.
 - test metrics: accuracy, precision, recall, specificity, F1, ROC AUC (decision: argmax), mean and
@@ -172,6 +173,9 @@ def fit(model: torch.nn.Module, batch_loss, n_train: int, validate, *, epochs: i
         checkpoint: Path | None = None, tag: str = "", progress: bool = True, desc: str = "train") -> dict:
     """Adam, ``epochs`` shuffled passes; ``validate()`` (higher is better) after each; the best epoch's weights kept.
 
+    ``validate()`` returns a number, or a tuple compared in order (later entries break ties of
+    earlier ones; the first is the one plotted as the history's ``val``).
+
     ``batch_loss(index, rng)`` returns the dict of loss terms for the training items ``index``.
     A checkpoint after every epoch (weights, optimiser, random states, best so far); an existing
     one with the same ``tag`` is resumed, and on the CPU gives the same result as an uninterrupted run.
@@ -211,11 +215,15 @@ def fit(model: torch.nn.Module, batch_loss, n_train: int, validate, *, epochs: i
             running += float(out["loss"].detach())
             bar.update(1)
         model.eval()
-        score = float(validate())
+        checked = validate()
+        key = tuple(float(v) for v in checked) if isinstance(checked, tuple) else (float(checked),)
+        score = key[0]
         state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"], "loss": running / steps, "val": score})
-        if score > state["best"]:
-            state.update(best=score, best_epoch=state["epoch"],
+        state["history"].append({"epoch": state["epoch"], "loss": running / steps, "val": score,
+                                 **({"val_key": list(key)} if len(key) > 1 else {})})
+        best_key = state.get("best_key") or ([state["best"]] if state["best"] > -math.inf else None)
+        if best_key is None or key > tuple(best_key):
+            state.update(best=score, best_key=list(key), best_epoch=state["epoch"],
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
         state["seconds"] = time.perf_counter() - t0
         if checkpoint is not None:
@@ -331,10 +339,14 @@ def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict
         return model.loss(labels[idx].to(dev), mk.to(dev), trunk=batch.to(dev), images=images)
 
     def validate():
-        return roc_auc(val["labels"], lesion_probability(model, trunks["val"]))
+        # AUC first; it reaches 1.0 within an epoch or two on the stand-in, so the log-likelihood breaks the ties
+        prob = np.clip(lesion_probability(model, trunks["val"]), 1e-6, 1 - 1e-6)
+        y = val["labels"] == LESION
+        return roc_auc(val["labels"], prob), float(np.mean(np.where(y, np.log(prob), np.log1p(-prob))))
 
     # the schedule's length is not in the tag: a finished run can be resumed to more epochs
-    tag = f"{method}-{cfg['arch']}-{seed}-{cfg['image_size']}-{cfg['frozen_stages']}-{cfg['cls_lr']}-{fingerprint(train['images'])}"
+    tag = (f"{method}-{cfg['arch']}-{seed}-{cfg['image_size']}-{cfg['frozen_stages']}-{cfg['cls_lr']}-"
+           f"{fingerprint(train['images'])}-select:auc,loglik")
     ck = checkpoint_dir / f"cls-{method}-seed{seed}.pt" if checkpoint_dir else None
     info = fit(model, batch_loss, len(labels), validate, epochs=cfg["cls_epochs"], batch_size=cfg["cls_batch_size"],
                lr=cfg["cls_lr"], seed=seed, checkpoint=ck, tag=tag, progress=progress, desc=f"{method} seed {seed}")
