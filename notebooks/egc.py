@@ -147,9 +147,10 @@ report.show(report.classification_table(h_table, reported, h_label),
 # ({glue:text}`h_am_recall:.3f`), and the map overlaps the polyp less. On a stand-in
 # whose two classes differ across the whole frame, erasing the attended region
 # leaves plenty of lesion evidence, and the cheapest way to lower the erased
-# image's lesion score is to lower every lesion score. Validation AUC is already
-# 1.0 after an epoch or two for all three classifiers, so the selected epoch is
-# an early one (the curves below).
+# image's lesion score is to lower every lesion score. Validation AUC reaches
+# 1.0 within an epoch or two for all three classifiers, so among the epochs that
+# tie on it the one with the best validation log-likelihood is kept (the curves
+# below).
 
 # %% tags=["remove-input"]
 report.show(report.attention_table(h_table),
