@@ -195,9 +195,11 @@ else:
     display(Markdown("*(The headline run's provenance has no training curves.)*"))
 
 # %% [markdown]
-# *Validation score after each epoch of every model of the headline run (one
-# colour per network, one line per seed); each model is evaluated on test at its
-# best epoch.*
+# *Validation score after each epoch of every model of the headline run, one
+# colour per network and one line per seed: for the classifiers the mean
+# log-likelihood of the validation labels (their validation AUC is 1.0 almost
+# throughout, and this breaks the ties), for the segmenters Dice. Each model is
+# evaluated on test at its best epoch.*
 
 # %% [markdown]
 # ## The method
@@ -310,8 +312,9 @@ fig = report.training_curves(result)
 plt.show()
 
 # %% [markdown]
-# *Validation score after each epoch of this build's models; the epoch with the
-# highest score is the one evaluated on test.*
+# *Validation score after each epoch of this build's models (classifiers: the
+# log-likelihood that breaks ties of validation AUC; segmenters: Dice); the best
+# epoch is the one evaluated on test.*
 
 # %% tags=["remove-input"]
 record = run.finish()

@@ -266,6 +266,7 @@ def test_paired_differences_rank_variants_on_the_same_images():
     assert "CA-U-Net is worse than U-Net" in report.ranking_sentence(worse)
     shown = report.difference_table(table)
     assert list(shown.columns) == ["Method", "IoU difference", "Dice difference"] and len(shown) == 2
+    assert shown.loc[shown["Method"] == "CA-U-Net minus U-Net", "Dice difference"].item().startswith("+0.050 (+")
 
 
 def test_mining_sentence_compares_with_gain():
@@ -335,3 +336,17 @@ def test_fit_breaks_ties_of_the_first_score_with_the_second():
                  batch_size=4, lr=1e-2, seed=0, progress=False)
     assert info["best_epoch"] == 2 and info["best_val"] == 1.0
     assert [h["val"] for h in info["history"]] == [1.0, 1.0, 0.9, 1.0] and info["history"][1]["val_key"] == [1.0, -0.2]
+
+
+def test_seed_table_and_tie_break_curves():
+    from medad.reports import egc as report
+
+    table = report.seed_table({"unet": [{"iou": 0.6, "dice": 0.7}, {"iou": 0.61, "dice": 0.72}]})
+    assert table.to_dict("records") == [{"Method": "U-Net", "IoU, seed 1": "0.600", "IoU, seed 2": "0.610",
+                                         "Dice, seed 1": "0.700", "Dice, seed 2": "0.720"}]
+    assert list(report.seed_table(None).columns) == ["Method"]
+    hist = {"cls-gain-seed0": [{"epoch": 1, "loss": 1.0, "val": 1.0, "val_key": [1.0, -0.3]},
+                               {"epoch": 2, "loss": 0.5, "val": 1.0, "val_key": [1.0, -0.1]}]}
+    fig = report.training_curves({"histories": hist})
+    assert list(fig.axes[0].lines[0].get_ydata()) == [-0.3, -0.1]  # the tie-break, not the flat AUC
+    assert fig.axes[0].get_ylabel() == "validation mean log-likelihood"

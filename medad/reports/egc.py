@@ -85,24 +85,29 @@ def value(table: pd.DataFrame, method_prefix: str, metric: str) -> float:
 
 
 def difference_table(ours: pd.DataFrame) -> pd.DataFrame:
-    """Each segmenter minus U-Net on the same test images: IoU and Dice, mean (95% paired bootstrap interval)."""
+    """Each segmenter minus U-Net on the same test images: IoU and Dice, signed mean (95% paired bootstrap interval)."""
     part = ours[(ours["dataset"] == STANDIN[SEG_DATASET]) & (ours["setting"] == PAIRED_SETTING)]
-    return _cells(part, {"iou": "IoU difference", "dice": "Dice difference"})
+    columns = {"iou": "IoU difference", "dice": "Dice difference"}
+    table = pd.DataFrame({"Method": pd.unique(part["method"])})
+    for metric, name in columns.items():
+        rows = part[part["metric"] == metric].set_index("method")
+        table[name] = [f"{rows.at[m, 'value']:+.3f} ({rows.at[m, 'ci_low']:+.3f} to {rows.at[m, 'ci_high']:+.3f})"
+                       if m in rows.index else "–" for m in table["Method"]]
+    return table
 
 
 def seed_table(seg_per_seed: dict | None) -> pd.DataFrame:
-    """Each segmenter's test IoU and Dice for every training seed (from a run's provenance), worst and best marked."""
+    """Each segmenter's test IoU and Dice for every training seed (from a run's provenance)."""
     from medad.train.egc_experiment import SEG_METHODS
 
     rows = []
     for variant, runs in (seg_per_seed or {}).items():
         cells = {"Method": SEG_METHODS.get(variant, variant)}
-        for metric, name in (("iou", "IoU per seed"), ("dice", "Dice per seed")):
-            values = [r[metric] for r in runs]
-            cells[name] = " / ".join(f"{v:.3f}" for v in values)
-            cells[f"{name.split()[0]} range"] = f"{min(values):.3f}–{max(values):.3f}"
+        for metric, name in (("iou", "IoU"), ("dice", "Dice")):
+            for i, r in enumerate(runs):
+                cells[f"{name}, seed {i + 1}"] = f"{r[metric]:.3f}"
         rows.append(cells)
-    return pd.DataFrame(rows, columns=["Method", "IoU per seed", "IoU range", "Dice per seed", "Dice range"])
+    return pd.DataFrame(rows).fillna("–") if rows else pd.DataFrame(columns=["Method"])
 
 
 def ranking_sentence(ours: pd.DataFrame, metric: str = "dice") -> str:
@@ -209,16 +214,23 @@ def training_curves(result: dict):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    colours: dict[str, str] = {}
+    colours: dict[str, dict[str, str]] = {"cls": {}, "seg": {}}
+    tie_break = False
     for name, history in result["histories"].items():
         kind, rest = name.split("-", 1)                      # 'cls-gain-am-seed0' -> 'cls', 'gain-am-seed0'
         model = rest.rsplit("-seed", 1)[0]
         ax = axes[0] if kind == "cls" else axes[1]
-        first = model not in colours
-        colours.setdefault(model, f"C{len(colours) % 10}")
-        ax.plot([h["epoch"] for h in history], [h["val"] for h in history], marker="o", markersize=3, linewidth=1,
-                color=colours[model], alpha=0.8, label=model if first else None)
-    axes[0].set(title="Classifiers (endoscopy_ad STAND-IN)", xlabel="epoch", ylabel="validation ROC AUC")
+        own = colours["cls" if kind == "cls" else "seg"]
+        first = model not in own
+        own.setdefault(model, f"C{len(own) % 10}")
+        # classifiers whose AUC saturates are told apart by the tie-break (validation log-likelihood): plot that
+        second = kind == "cls" and all(len(h.get("val_key", [])) > 1 for h in history)
+        tie_break |= second
+        ys = [h["val_key"][1] if second else h["val"] for h in history]
+        ax.plot([h["epoch"] for h in history], ys, marker="o", markersize=3, linewidth=1,
+                color=own[model], alpha=0.8, label=model if first else None)
+    axes[0].set(title="Classifiers (endoscopy_ad STAND-IN)", xlabel="epoch",
+                ylabel="validation mean log-likelihood" if tie_break else "validation ROC AUC")
     axes[1].set(title="Segmenters (Kvasir-SEG STAND-IN)", xlabel="epoch", ylabel="validation Dice")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
