@@ -290,7 +290,7 @@ def test_parts_fill_checkpoints_side_by_side_then_one_run_evaluates(tmp_path):
     cfg = E.profile_config("quick")
     cfg.update(image_size=64, train_images=24, val_images=12, test_images=12, cls_epochs=1, cls_methods=["gain", "gain-am"],
                seg_size=32, seg_channels=[4, 8], seg_train_images=8, seg_val_images=4, seg_test_images=4, seg_epochs=1,
-               seg_variants=["unet", "ca-unet"], seg_seeds=[0, 1], bootstrap=100)
+               seg_variants=["unet", "ca-unet"], seg_seeds=[0, 1], bootstrap=100, extra_archs=["effnet-lite2"])
     ck = tmp_path / "ck"
 
     def open_ds(name, split):
@@ -300,7 +300,8 @@ def test_parts_fill_checkpoints_side_by_side_then_one_run_evaluates(tmp_path):
     seg_only = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False, parts=("segmentation",))
     assert cls_only["seg_per_seed"] == {} and cls_only["pipeline"] is None
     assert seg_only["per_seed"] == {} and set(seg_only["seg_per_seed"]) == {"unet", "ca-unet"}
-    assert sorted(p.name for p in ck.iterdir()) == ["cls-gain-am-seed0.pt", "cls-gain-seed0.pt", "seg-ca-unet-seed0.pt",
+    assert sorted(p.name for p in ck.iterdir()) == ["cls-effnet-lite2-gain-seed0.pt", "cls-gain-am-seed0.pt",
+                                                     "cls-gain-seed0.pt", "seg-ca-unet-seed0.pt",
                                                      "seg-ca-unet-seed1.pt", "seg-unet-seed0.pt", "seg-unet-seed1.pt"]
     whole = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False)
     assert whole["timing"] == {**cls_only["timing"], **seg_only["timing"]}  # resumed from the checkpoints, not retrained
@@ -308,6 +309,13 @@ def test_parts_fill_checkpoints_side_by_side_then_one_run_evaluates(tmp_path):
     assert {"test", "test, two-stage", E.PAIRED_SETTING} <= settings
     methods = {r["method"] for r in whole["rows"]}
     assert "GAIN + attention mining (EfficientNet-Lite0, ImageNet)" in methods
+    # the backbone comparison: GAIN (not the mining ablation) also on Lite2, after the profile's backbone
+    cls_methods = list(dict.fromkeys(r["method"] for r in whole["rows"] if r["setting"] == "test" and "GAIN" in r["method"]))
+    assert cls_methods == ["GAIN (EfficientNet-Lite0, ImageNet)", "GAIN + attention mining (EfficientNet-Lite0, ImageNet)",
+                           "GAIN (EfficientNet-Lite2, ImageNet)"]
+    assert set(whole["keep"]) == {"gain", "gain-am"}  # figures and the pipeline use the profile's backbone
+    with pytest.raises(ConfigError, match="extra_archs must be"):
+        E.check_config({**cfg, "extra_archs": ["effnet-lite0"]})
     with pytest.raises(ConfigError, match="parts must be among"):
         E.run_experiment(cfg, open_ds, parts=("pipeline",))
 

@@ -308,7 +308,7 @@ def attention_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
 
 
 def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict, checkpoint_dir: Path | None = None,
-                     progress: bool = True) -> tuple[AttentionClassifier, dict]:
+                     progress: bool = True, unit: str | None = None) -> tuple[AttentionClassifier, dict]:
     """Train one classifier (``method`` gain / plain / gain-am) on cached trunk outputs; select on validation AUC.
 
     ``gain-am`` adds GAIN's attention-mining term, which classifies each lesion image again with its
@@ -347,7 +347,7 @@ def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict
     # the schedule's length is not in the tag: a finished run can be resumed to more epochs
     tag = (f"{method}-{cfg['arch']}-{seed}-{cfg['image_size']}-{cfg['frozen_stages']}-{cfg['cls_lr']}-"
            f"{fingerprint(train['images'])}-select:auc,loglik")
-    ck = checkpoint_dir / f"cls-{method}-seed{seed}.pt" if checkpoint_dir else None
+    ck = checkpoint_dir / f"cls-{unit or method}-seed{seed}.pt" if checkpoint_dir else None
     info = fit(model, batch_loss, len(labels), validate, epochs=cfg["cls_epochs"], batch_size=cfg["cls_batch_size"],
                lr=cfg["cls_lr"], seed=seed, checkpoint=ck, tag=tag, progress=progress, desc=f"{method} seed {seed}")
     return model, info
@@ -462,6 +462,10 @@ def check_config(cfg: dict) -> dict:
     bad = [v for v in cfg["seg_variants"] if v not in VARIANTS]
     if bad:
         raise ConfigError(f"seg_variants must be among {', '.join(VARIANTS)}, got {bad}")
+    bad = [a for a in cfg.get("extra_archs", []) if a not in ("effnet-lite0", "effnet-lite2") or a == cfg["arch"]]
+    if bad:
+        raise ConfigError(f"extra_archs must be packaged ImageNet backbones other than arch {cfg['arch']!r} "
+                          f"(effnet-lite0, effnet-lite2), got {bad}")
     if not cfg["seeds"] or not cfg["seg_seeds"]:
         raise ConfigError("seeds and seg_seeds must each list at least one seed")
     if cfg["frozen_stages"] < 1:
@@ -533,21 +537,31 @@ def run_experiment(cfg: dict, open_dataset, checkpoint_dir: Path | None = None, 
     keep: dict = {}
     timing: dict[str, float] = {}
     histories: dict[str, list] = {}
-    for method in cfg["cls_methods"] if "classification" in parts else ():
-        for seed in cfg["seeds"]:
-            model, info = train_classifier(cfg, method, seed, cls, trunks, checkpoint_dir, progress)
-            scores, arrays = evaluate_classifier(model, cls["test"], trunks, cfg)
-            scores.update(best_epoch=info["best_epoch"], val_auc=info["best_val"], seconds=info["seconds"])
-            per_seed.setdefault(method, []).append(scores)
-            timing[f"cls-{method}-seed{seed}"] = info["seconds"]
-            histories[f"cls-{method}-seed{seed}"] = info["history"]
-            if seed == cfg["seeds"][0]:
-                keep[method] = {"model": model, **arrays}
+    labels: dict[str, str] = {}
+    # the profile's backbone first (its rows come first, and its models feed the figures and the pipeline), then
+    # GAIN and the plain classifier on each extra backbone: the backbone comparison
+    for arch in [cfg["arch"], *cfg.get("extra_archs", [])] if "classification" in parts else ():
+        main = arch == cfg["arch"]
+        acfg = cfg if main else {**cfg, "arch": arch, "weights_file": None}
+        arch_cached = cached if main else compute_trunks(acfg, cls, progress)
+        for method in cfg["cls_methods"] if main else [m for m in cfg["cls_methods"] if m != "gain-am"]:
+            unit = method if main else f"{arch}-{method}"
+            labels[unit] = method_label(acfg, method, arch_cached["weights_label"])
+            for seed in cfg["seeds"]:
+                model, info = train_classifier(acfg, method, seed, cls, arch_cached["trunks"], checkpoint_dir, progress,
+                                               unit=unit)
+                scores, arrays = evaluate_classifier(model, cls["test"], arch_cached["trunks"], acfg)
+                scores.update(best_epoch=info["best_epoch"], val_auc=info["best_val"], seconds=info["seconds"])
+                per_seed.setdefault(unit, []).append(scores)
+                timing[f"cls-{unit}-seed{seed}"] = info["seconds"]
+                histories[f"cls-{unit}-seed{seed}"] = info["history"]
+                if main and seed == cfg["seeds"][0]:
+                    keep[method] = {"model": model, **arrays}
     rows = []
     n_test = len(cls["test"]["labels"])
     n_lesion = len(next(iter(keep.values()))["lesion_index"]) if keep else 0
-    for method, runs in per_seed.items():
-        label = method_label(cfg, method, cached["weights_label"])
+    for unit, runs in per_seed.items():
+        label = labels[unit]
         for metric in CLS_METRICS:
             n = n_lesion if metric in LESION_ONLY_METRICS else n_test
             rows.append(rows_over_seeds(STANDIN[CLS_DATASET], "test", label, metric, [r[metric] for r in runs], n))
@@ -663,7 +677,8 @@ def profile_config(profile: str) -> dict:
 
 def schedule_text(cfg: dict) -> str:
     """The run's schedule in a few words (printed next to the run's name in the book)."""
-    return (f"{len(cfg['seeds'])} seeds x {cfg['cls_epochs']} epochs per classifier at {cfg['image_size']} px, "
+    extra = "".join(f" (also {a})" for a in cfg.get("extra_archs", []))
+    return (f"{len(cfg['seeds'])} seeds x {cfg['cls_epochs']} epochs per classifier{extra} at {cfg['image_size']} px, "
             f"first {cfg['frozen_stages']} stages frozen; {len(cfg['seg_seeds'])} seed(s) x {cfg['seg_epochs']} epochs "
             f"per segmenter at {cfg['seg_size']} px")
 
