@@ -108,6 +108,7 @@ for key, prefix, metric in [("h_gain_acc", "GAIN (", "accuracy"), ("h_gain_auc",
                             ("h_ca_dice", "CA-U-Net", "dice"), ("h_unet_dice", "U-Net", "dice")]:
     run.glue(key, report.value(h_table, prefix, metric))
 run.glue("h_mining", report.mining_sentence(h_table))
+run.glue("h_backbones", report.backbone_sentence(h_table))
 for key, metric in (("h_am_auc", "auc"), ("h_am_pclean", "p_lesion_clean"), ("h_am_recall", "recall")):
     run.glue(key, report.value(h_table, "GAIN + attention mining", metric))
 run.glue("h_ranking", report.ranking_sentence(h_table))
@@ -137,6 +138,10 @@ report.show(report.classification_table(h_table, reported, h_label),
 # frames from another (HyperKvasir), so source-specific colour, framing and
 # overlays separate the classes on their own. The paper's own classes come from
 # one hospital, but the same check would be the way to find out.
+#
+# **Backbones.** The paper's ResNet-50 has no ImageNet weights here; GAIN and the
+# plain classifier are trained on both packaged ImageNet backbones, to see whether
+# the attention loss's effect depends on the backbone. {glue:text}`h_backbones`
 #
 # **Attention mining (ablation).** GAIN's own extra term erases the attended
 # region and penalises any lesion score that is left, pushing the map to cover

@@ -358,3 +358,20 @@ def test_seed_table_and_tie_break_curves():
     fig = report.training_curves({"histories": hist})
     assert list(fig.axes[0].lines[0].get_ydata()) == [-0.3, -0.1]  # the tie-break, not the flat AUC
     assert fig.axes[0].get_ylabel() == "validation mean log-likelihood"
+
+
+def test_backbone_sentence_lists_each_backbone():
+    import pandas as pd
+
+    from medad.reports import egc as report
+    from medad.results import row
+
+    d = E.STANDIN[E.CLS_DATASET]
+    rows = [row(d, "test", f"{m} ({a}, ImageNet)", metric, v, v - 0.01, v + 0.01, 3, 100)
+            for a, base in (("EfficientNet-Lite0", 0.3), ("EfficientNet-Lite2", 0.4))
+            for m, shift in (("GAIN", 0.1), ("plain classifier", 0.0))
+            for metric, v in (("attention_iou", base + shift), ("pointing_game", base + shift + 0.2))]
+    text = report.backbone_sentence(pd.DataFrame(rows))
+    assert ("on EfficientNet-Lite2, attention IoU 0.500 with GAIN against 0.400 without the attention loss "
+            "(pointing game 0.700 against 0.600)") in text and "on EfficientNet-Lite0" in text
+    assert report.backbone_sentence(pd.DataFrame(rows[:4])) == "This run trained one backbone only."

@@ -128,6 +128,24 @@ def ranking_sentence(ours: pd.DataFrame, metric: str = "dice") -> str:
     return "; ".join(said) + "."
 
 
+def backbone_sentence(ours: pd.DataFrame) -> str:
+    """Attention IoU and pointing game of GAIN and the plain classifier on each backbone of the run."""
+    test = ours[ours["setting"] == "test"]
+    archs = [m[len("GAIN ("):].split(",")[0] for m in pd.unique(test["method"]) if m.startswith("GAIN (")]
+    if len(archs) < 2:
+        return "This run trained one backbone only."
+
+    def one(prefix, metric):
+        hit = test[test["method"].str.startswith(prefix) & (test["metric"] == metric)]
+        return f"{hit['value'].iloc[0]:.3f}" if len(hit) else "–"
+
+    parts = [f"on {a}, attention IoU {one(f'GAIN ({a}', 'attention_iou')} with GAIN against "
+             f"{one(f'plain classifier ({a}', 'attention_iou')} without the attention loss (pointing game "
+             f"{one(f'GAIN ({a}', 'pointing_game')} against {one(f'plain classifier ({a}', 'pointing_game')})"
+             for a in archs]
+    return "Backbone by backbone: " + "; ".join(parts) + "."
+
+
 def mining_sentence(ours: pd.DataFrame) -> str:
     """What adding attention mining to GAIN changed in the run: accuracy, attention IoU, pointing game."""
     def cell(prefix, metric):
