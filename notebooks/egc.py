@@ -309,8 +309,10 @@ plt.show()
 
 # %% [markdown]
 # *Test polyp images of this build: the mask (yellow), the Grad-CAM attention of
-# GAIN and of the plain classifier (white outline: the polyp), and the two-stage
-# output (cyan). Look for whether the warm colours sit on the polyp.*
+# each classifier this build trained (GAIN, the plain classifier, GAIN with
+# attention mining; white outline: the polyp; its lesion probability in the
+# corner), and the two-stage output (cyan). Look for whether the warm colours
+# sit on the polyp.*
 
 # %% tags=["remove-input"]
 fig = report.training_curves(result)
