@@ -309,7 +309,8 @@ def attention_scores(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
 
 def train_classifier(cfg: dict, method: str, seed: int, data: dict, trunks: dict, checkpoint_dir: Path | None = None,
                      progress: bool = True, unit: str | None = None) -> tuple[AttentionClassifier, dict]:
-    """Train one classifier (``method`` gain / plain / gain-am) on cached trunk outputs; select on validation AUC.
+    """Train one classifier (``method`` gain / plain / gain-am) on cached trunk outputs; select on validation AUC
+    (ties broken by the validation log-likelihood).
 
     ``gain-am`` adds GAIN's attention-mining term, which classifies each lesion image again with its
     attended region erased: that pass goes through the whole network (the frozen stages too, for
