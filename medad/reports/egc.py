@@ -136,8 +136,8 @@ def backbone_sentence(ours: pd.DataFrame) -> str:
         return "This run trained one backbone only."
 
     def one(prefix, metric):
-        hit = test[test["method"].str.startswith(prefix) & (test["metric"] == metric)]
-        return f"{hit['value'].iloc[0]:.3f}" if len(hit) else "–"
+        number = value(test, prefix, metric)
+        return f"{number:.3f}" if np.isfinite(number) else "–"
 
     parts = [f"on {a}, attention IoU {one(f'GAIN ({a}', 'attention_iou')} with GAIN against "
              f"{one(f'plain classifier ({a}', 'attention_iou')} without the attention loss (pointing game "
