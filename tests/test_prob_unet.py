@@ -157,27 +157,30 @@ def params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("name", ["prob_unet", "dropout_unet"])
-def test_training_is_deterministic_with_a_seed(name):
+@pytest.mark.parametrize("name,precision", [("prob_unet", "fp32"), ("dropout_unet", "fp32"), ("prob_unet", "bf16")])
+def test_training_is_deterministic_with_a_seed(name, precision):
     data = tiny_data()
     runs = []
+    fast = dict(precision=precision, channels_last=precision == "bf16")
     for _ in range(2):
         torch.manual_seed(0)
-        runs.append(train(build_model(name, **SMALL), data, data, settings(), progress=False))
+        runs.append(train(build_model(name, **SMALL), data, data, settings(**fast), progress=False))
     assert torch.equal(params(runs[0].model), params(runs[1].model))
     assert runs[0].history == [{**h, "seconds": runs[0].history[i]["seconds"]} for i, h in enumerate(runs[1].history)]
 
 
-@pytest.mark.parametrize("name", ["prob_unet", "dropout_unet"])
-def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, name):
+@pytest.mark.parametrize("name,precision", [("prob_unet", "fp32"), ("dropout_unet", "fp32"), ("prob_unet", "bf16")])
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, name, precision):
     data = tiny_data()
+    fast = dict(precision=precision, channels_last=precision == "bf16")
     torch.manual_seed(0)
-    train(build_model(name, **SMALL), data, data, settings(iterations=6), checkpoint_dir=tmp_path / "a", progress=False)
+    train(build_model(name, **SMALL), data, data, settings(iterations=6, **fast), checkpoint_dir=tmp_path / "a", progress=False)
     # "interrupted" after 3 steps (checkpoint written), then a fresh process resumes to 6
     torch.manual_seed(0)
-    train(build_model(name, **SMALL), data, data, settings(iterations=3), checkpoint_dir=tmp_path / "b", progress=False)
+    train(build_model(name, **SMALL), data, data, settings(iterations=3, **fast), checkpoint_dir=tmp_path / "b", progress=False)
     torch.manual_seed(123)  # a new process has other random state and other initial weights
-    resumed = train(build_model(name, **SMALL), data, data, settings(iterations=6), checkpoint_dir=tmp_path / "b", progress=False)
+    resumed = train(build_model(name, **SMALL), data, data, settings(iterations=6, **fast), checkpoint_dir=tmp_path / "b",
+                    progress=False)
     assert resumed.steps == 6
     # the final training state (last.pt), not the best-validation weights the function returns
     a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("a", "b"))
@@ -227,7 +230,7 @@ def test_validation_selects_best_weights_and_lr_schedule():
 # ----------------------------------------------------------------------------- experiment driver (chapter + long run)
 
 
-def test_experiment_pipeline_on_tiny_synthetic_data():
+def test_experiment_pipeline_on_tiny_synthetic_data(tmp_path):
     from medad.data.synthetic import synthetic_lidc
     from medad.train import prob_unet_experiment as exp
 
@@ -243,6 +246,11 @@ def test_experiment_pipeline_on_tiny_synthetic_data():
     evals = {m: exp.evaluate_model(r.model, data["test"], [1, 4], "cpu", 0, hm_iou_samples=4, keep_examples=[0])
              for m, r in trained.items()}
     assert evals["prob_unet"].ged.shape == (6, 2) and evals["prob_unet"].examples[0].shape[1:] == (32, 32)
+    pick = {1: 0}
+    exp.save_examples(tmp_path / "examples.npz", data["test"], pick, evals)
+    back = exp.load_examples(tmp_path / "examples.npz")
+    assert np.array_equal(back["grader_masks"][0], data["test"]["grader_masks"][0])
+    assert np.array_equal(back["samples"]["prob_unet"][0], evals["prob_unet"].examples[0])
     curve, table, by_graders = exp.summarize(evals, data["test"], n_boot=20, table_samples=4)
     assert set(curve["samples"]) == {1, 4} and len(table) == 2 and not by_graders.empty
     # the deterministic U-Net's GED does not move with N; its diversity is 0
@@ -252,3 +260,16 @@ def test_experiment_pipeline_on_tiny_synthetic_data():
     assert truth.iloc[-1] < truth.iloc[0]  # the oracle nears 0 as N grows
     with pytest.raises(ConfigError, match="unknown model"):
         exp.check_models(["prob_unet", "vae"])
+
+
+def test_bf16_training_changes_the_numbers_but_not_the_loss_scale():
+    """bf16 autocast is a different computation (results differ from float32) yet the same loss, within ~1%."""
+    data = tiny_data()
+    out = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        out[precision] = train(build_model("prob_unet", **SMALL), data, data, settings(precision=precision), progress=False)
+    a, b = (out[p].history[0]["loss"] for p in ("fp32", "bf16"))
+    assert a != b and abs(a - b) / abs(a) < 0.02
+    with pytest.raises(ConfigError, match="precision"):
+        settings(precision="fp16")

@@ -135,7 +135,8 @@ def train_settings(cfg: dict, n_train: int, device: str, seed: int) -> TrainSett
     return TrainSettings(
         iterations=iterations_for(cfg, n_train), batch_size=int(cfg["batch_size"]),
         lr_values=tuple(cfg["lr_values"]), lr_boundaries=tuple(cfg["lr_boundaries"]),
-        weight_decay=float(cfg.get("weight_decay", 1e-5)), seed=seed, device=device, amp=bool(cfg.get("amp", False)),
+        weight_decay=float(cfg.get("weight_decay", 1e-5)), seed=seed, device=device,
+        precision=cfg.get("precision", "fp32"), channels_last=bool(cfg.get("channels_last", False)),
         checkpoint_every=int(cfg.get("checkpoint_every") or 0), val_every=int(cfg.get("val_every") or 0),
         val_slices=int(cfg.get("val_select_slices", 150)), val_samples=int(cfg.get("val_samples", 8)),
         max_minutes=cfg.get("max_minutes_per_model"),
@@ -257,6 +258,44 @@ def summarize(evals: dict[str, Evaluation], data: dict, n_boot: int = 1000, seed
     return pd.DataFrame(curve), pd.DataFrame(table), pd.DataFrame(by_graders)
 
 
+def example_slices(data: dict) -> dict[int, int]:
+    """For the samples figure: the test slice with the largest lesion among those marked by k = 1..4 graders."""
+    marked = grader_counts(data)
+    sizes = data["grader_masks"].any(1).sum((1, 2))
+    pick = {}
+    for k in (1, 2, 3, 4):
+        idx = np.flatnonzero(marked == k)
+        if len(idx):
+            pick[k] = int(idx[np.argmax(sizes[idx])])
+    return pick
+
+
+def save_examples(path: Path, data: dict, pick: dict[int, int], evals: dict[str, "Evaluation"]) -> None:
+    """The few test slices the samples figure shows, with their grader masks and each model's first samples.
+
+    Small (a handful of 64x64 crops, bit-packed masks), so a committed run can draw its own figure.
+    """
+    index = np.array([pick[k] for k in sorted(pick)], dtype=int)
+    arrays = {"marked_by": np.array(sorted(pick)), "slice_index": index, "images": data["images"][index],
+              "grader_masks": np.packbits(data["grader_masks"][index], axis=-1),
+              "patients": np.asarray(data["groups"])[index], "width": np.array(data["images"].shape[-1])}
+    for m, ev in evals.items():
+        arrays[f"samples_{m}"] = np.packbits(np.stack([ev.examples[int(i)] for i in index]), axis=-1)
+    np.savez_compressed(path, **arrays)
+
+
+def load_examples(path: Path) -> dict:
+    """What :func:`save_examples` stored, unpacked: images, grader_masks (k, 4, H, W), samples per model (k, n, H, W)."""
+    with np.load(path) as z:
+        width = int(z["width"])
+        out = {"marked_by": z["marked_by"], "slice_index": z["slice_index"], "images": z["images"], "patients": z["patients"],
+               "grader_masks": np.unpackbits(z["grader_masks"], axis=-1, count=width).astype(bool), "samples": {}}
+        for key in z.files:
+            if key.startswith("samples_"):
+                out["samples"][key[len("samples_"):]] = np.unpackbits(z[key], axis=-1, count=width).astype(bool)
+    return out
+
+
 # ----------------------------------------------------------------------------- synthetic oracle check
 
 
@@ -355,10 +394,11 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, device
     trained = train_models(cfg, data, dev, checkpoint_root=checkpoint_root / name, progress=True)
     counts = cfg["sample_counts"]
     evals = {}
+    pick = example_slices(data["test"])
     for mname, res in trained.items():
         mc = [c for c in counts if c <= int(cfg.get("max_samples", {}).get(mname, max(counts)))]
         evals[mname] = evaluate_model(res.model, data["test"], mc, dev, seed + 7, cfg.get("hm_iou_samples", 16),
-                                      progress=True, desc=f"test {TITLES[mname]}")
+                                      keep_examples=pick.values(), progress=True, desc=f"test {TITLES[mname]}")
     curve, table, by_graders = summarize(evals, data["test"], cfg.get("n_boot", 1000), seed, cfg.get("table_samples", 16))
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
@@ -374,7 +414,10 @@ def run_long(profile: str, data_dir: str | None, name: str, threads: int, device
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     np.savez_compressed(out / "per_slice.npz", groups=data["test"]["groups"], graders_marked=grader_counts(data["test"]),
                         **{f"ged_{m}": e.ged.astype(np.float16) for m, e in evals.items()},
-                        **{f"counts_{m}": np.array(e.sample_counts) for m, e in evals.items()})
+                        **{f"counts_{m}": np.array(e.sample_counts) for m, e in evals.items()},
+                        **{f"hm_iou_{m}": e.hm_iou.astype(np.float16) for m, e in evals.items()},
+                        **{f"diversity_{m}": e.diversity.astype(np.float16) for m, e in evals.items()})
+    save_examples(out / "examples.npz", data["test"], pick, evals)
     prov = {
         "chapter": CHAPTER, "run": name, "commit": commit, "code_sha256": digest,
         "profile": profile, "seed": seed,

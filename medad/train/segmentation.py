@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medad.errors import ConfigError, MedadError
+from medad.experiment.precision import as_input, autocast, check_precision, memory_format
 from medad.metrics.ged import distance_matrices, ged_from_distances
 from medad.models.segmentation_common import l2_penalty
 
@@ -43,7 +44,8 @@ class TrainSettings:
     weight_decay: float = 1e-5
     seed: int = 0
     device: str = "cpu"
-    amp: bool = False  # CUDA only: bfloat16 autocast (KL and cross-entropy stay float32)
+    precision: str = "fp32"  # fp32 | bf16 autocast (KL and cross-entropy stay float32), CPU and CUDA
+    channels_last: bool = False  # NHWC weights and batches (faster convolutions under bf16)
     checkpoint_every: int = 0  # 0: no periodic checkpoints
     val_every: int = 0  # 0: validate once, at the end
     val_slices: int = 200
@@ -57,6 +59,7 @@ class TrainSettings:
             raise ConfigError(f"iterations and batch_size must be >= 1, got {self.iterations}, {self.batch_size}")
         if len(self.lr_values) != len(self.lr_boundaries) + 1 or min(self.lr_values) <= 0:
             raise ConfigError("lr_values needs one more (positive) entry than lr_boundaries")
+        check_precision(self.precision)
         if list(self.lr_boundaries) != sorted(self.lr_boundaries):
             raise ConfigError(f"lr_boundaries must be increasing, got {self.lr_boundaries}")
 
@@ -198,9 +201,8 @@ def train(model: torch.nn.Module, train_data: dict, val_data: dict, settings: Tr
     _check_data(val_data, "val_data")
     s = settings
     device = s.device
-    model.to(device)
+    memory_format(model.to(device), s.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr_at(0))
-    use_amp = bool(s.amp) and str(device).startswith("cuda")
     rng = np.random.default_rng(s.seed)
     torch.manual_seed(s.seed)
     gen = torch.Generator(device=device).manual_seed(s.seed)
@@ -263,8 +265,8 @@ def train(model: torch.nn.Module, train_data: dict, val_data: dict, settings: Tr
             group["lr"] = s.lr_at(step)
         index = np.sort(rng.choice(n_train, size=min(s.batch_size, n_train), replace=False))
         images, masks = to_batch(train_data, index, device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out = model.loss(images, masks, generator=gen)
+        with autocast(device, s.precision):
+            out = model.loss(as_input(images, s.channels_last), masks, generator=gen)
         loss = out["loss"] + s.weight_decay * l2_penalty(model) if s.weight_decay else out["loss"]
         if not torch.isfinite(loss):
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())

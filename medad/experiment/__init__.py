@@ -1,0 +1,1 @@
+"""The experiment harness every chapter shares: precision, checkpoints, the training loop, run records, CLIs."""
