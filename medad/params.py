@@ -9,6 +9,11 @@ Every chapter's ``medad/profiles/<chapter>.yml`` has, next to its ``quick`` and
       datasets: {type: "list[str]", choices: [lgg_brain_ad, endoscopy_ad], help: "..."}
       threads:  {type: int, min: 1, optional: true, help: "CPU threads; null = torch default"}
 
+Keys beyond the type: ``default`` (the value a profile that does not set the parameter gets; an
+``optional`` parameter without one gets ``null``), and ``choices_from: module:NAME`` (the choices
+are the keys of a registry in the code, e.g. ``medad.models.ambiguous:MODELS``, so they are
+written once).
+
 Types: ``int``, ``float``, ``bool``, ``str``, ``list[int]``, ``list[float]``, ``list[str]``
 ``dict[str, int]`` (a name -> count mapping) and ``mapping`` (a nested mapping whose
 structure the chapter's own code checks, e.g. ViP's per-backbone ``limits``). Keys: ``min``/``max`` (inclusive),
@@ -43,7 +48,38 @@ from medad.errors import ConfigError
 
 SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 TYPES = (*SCALARS, "list[int]", "list[float]", "list[str]", "dict[str, int]", "mapping")
-SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "optional", "help"}
+SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "choices_from", "optional", "default", "help"}
+
+
+class Config(dict):
+    """A chapter's validated parameters: ``cfg["epochs"]`` or ``cfg.epochs``; every declared parameter is present."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r}; parameters: {', '.join(sorted(self))}") from None
+
+    def __reduce__(self):
+        return (Config, (dict(self),))
+
+
+def registry_choices(reference: str) -> list:
+    """``module:NAME`` -> the keys (or items) of that registry, e.g. ``medad.models.ambiguous:MODELS``."""
+    import importlib
+
+    module, _, attr = str(reference).partition(":")
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"choices_from {reference!r}: {exc}") from None
+    return list(value.keys()) if hasattr(value, "keys") else list(value)
+
+
+def _choices(spec: dict) -> list | None:
+    if "choices_from" in spec:
+        return registry_choices(spec["choices_from"])
+    return list(spec["choices"]) if "choices" in spec else None
 
 
 def _no_bool(value):
@@ -62,8 +98,9 @@ def _no_bare_string(value):
 def _element_type(name: str, spec: dict):
     """The annotated type of one value (or of each element of a list) with its bounds and choices."""
     base = SCALARS[name]
-    if "choices" in spec:
-        return Literal[tuple(spec["choices"])]
+    choices = _choices(spec)
+    if choices is not None:
+        return Literal[tuple(choices)]
     bounds = [at.Ge(spec["min"])] if "min" in spec else []
     bounds += [at.Le(spec["max"])] if "max" in spec else []
     bounds += [at.Gt(spec["gt"])] if "gt" in spec else []
@@ -106,10 +143,32 @@ def _model(chapter: str, schema_key: str) -> type[pydantic.BaseModel]:
 
 def _allowed(spec: dict) -> str:
     """What a schema entry accepts, in words, for error messages and the parameter table."""
-    rules = ["one of " + ", ".join(map(str, spec["choices"]))] if "choices" in spec else []
+    choices = _choices(spec)
+    rules = ["one of " + ", ".join(map(str, choices))] if choices is not None else []
     rules += [f"{word} {spec[key]}" for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if key in spec]
     rules += ["or null"] if spec.get("optional") else []
     return ", ".join([str(spec["type"]), *rules])
+
+
+def with_defaults(chapter: str, values: dict) -> dict:
+    """``values`` plus every declared parameter they lack: its ``default``, or None when it is ``optional``."""
+    from medad import profiles
+
+    out = dict(values)
+    missing = []
+    for name, spec in profiles.schema(chapter).items():
+        if name in out:
+            continue
+        if "default" in spec:
+            out[name] = spec["default"]
+        elif spec.get("optional"):
+            out[name] = None
+        else:
+            missing.append(name)
+    if missing:
+        raise ConfigError(f"{chapter}: no value for {', '.join(missing)}: the profile sets none and the schema "
+                          f"(medad/profiles/{chapter}.yml) declares no default")
+    return out
 
 
 def validate(chapter: str, values: dict) -> dict:
@@ -146,7 +205,7 @@ def parameter_table(chapter: str) -> list[dict]:
 
     data = profiles.load(chapter)
     return [
-        {"name": name, "quick": data["quick"].get(name), "full": data["full"].get(name),
+        {"name": name, "quick": data["quick"].get(name, spec.get("default")), "full": data["full"].get(name, spec.get("default")),
          "allowed": _allowed(spec), "help": spec.get("help", "")}
         for name, spec in profiles.schema(chapter).items()
     ]

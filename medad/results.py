@@ -27,8 +27,11 @@ from medad.paths import RESULTS_DIR
 
 TABLE_COLUMNS = ("dataset", "setting", "method", "metric", "value", "ci_low", "ci_high", "seeds", "n")
 REPORTED_COLUMNS = TABLE_COLUMNS + ("source",)
-# Headline order: the first kind present wins.
-RUN_KINDS = ("gpu-full", "long-cpu", "cpu")
+# Headline order: the first kind present wins (medad.experiment.record.run_kind decides a run's kind).
+# "cpu" is the kind of runs committed before that rule existed. A smoke run (quick profile or synthetic
+# data) and a rehearsal are never a chapter's headline.
+RUN_KINDS = ("gpu-full", "long-cpu", "gpu", "cpu", "smoke", "rehearsal")
+HEADLINE_KINDS = ("gpu-full", "long-cpu", "gpu", "cpu")
 
 
 @dataclass
@@ -49,7 +52,8 @@ class Run:
     def label(self) -> str:
         """How the book names this run: ``long-cpu-2026-11-22 (long CPU run: 700 iterations per model)``."""
         schedule = self.provenance.get("schedule", "")
-        kind = {"gpu-full": "GPU, full profile", "long-cpu": "long CPU run", "cpu": "CPU run"}.get(self.kind, self.kind)
+        kind = {"gpu-full": "GPU, full profile", "long-cpu": "long CPU run", "gpu": "GPU run", "cpu": "CPU run",
+                "smoke": "smoke run, not a result"}.get(self.kind, self.kind)
         return f"{self.name} ({kind}{': ' + schedule if schedule else ''})"
 
 
@@ -84,6 +88,11 @@ def check_table(table: pd.DataFrame, where: str, columns: Sequence[str] = TABLE_
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; a results table has {', '.join(columns)}")
     return table[list(columns)]
+
+
+def table_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Tidy rows (dicts from :func:`row`) or a DataFrame, as a DataFrame."""
+    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
 
 
 def write_run(chapter: str, name: str, rows: Iterable[dict] | pd.DataFrame, provenance: dict,
@@ -133,7 +142,7 @@ def headline_run(chapter: str, name: str | None = None, root: Path | None = None
     """The named run, or the chapter's best committed run; None when it has none."""
     if name:
         return load_run(chapter, name, root)
-    runs = list_runs(chapter, root)
+    runs = [r for r in list_runs(chapter, root) if r.kind in HEADLINE_KINDS]
     return runs[0] if runs else None
 
 
