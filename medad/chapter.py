@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 from medad import profiles, provenance
-from medad.data.registry import get_spec, open_dataset, resolve_data_dir
+from medad.data.registry import get_spec
 from medad.errors import ConfigError, show_in_notebooks
 from medad.paths import REPO_ROOT
-from medad.runtime import device_description, resolve_device, seed_everything
+from medad.runtime import device_description
 
 
 class PlainText:
@@ -123,34 +123,41 @@ def _refuse_unknown_papermill_parameters(chapter: str) -> None:
 
 
 class ChapterRun:
-    """Resolves a chapter's parameters, seeds, picks the device and records provenance."""
+    """Resolves a chapter's parameters, seeds, threads and device, and records provenance.
+
+    It is a notebook's :class:`medad.experiment.record.RunRecord` (no run name: nothing is written
+    under ``results/``) plus glue: ``run.opener`` opens and records datasets, ``run.state`` is where
+    the experiment keeps checkpoints (a folder under ``runs/`` for the full profile, none otherwise).
+    """
 
     def __init__(self, chapter: str, profile: str = "quick", data_dir: str | None = None, **given):
+        from medad.experiment.record import RunRecord, RunState
+
         show_in_notebooks()  # first: a bad parameter below is already shown as one line
         _refuse_unknown_papermill_parameters(chapter)
         self.chapter = chapter
         self.config = profiles.resolve(chapter, profile, **given)
         self.profile = profile
-        self.seed = int(self.config.get("seed", 0))
-        self.device = resolve_device(self.config.get("device", "auto"))
-        self.data_dir = resolve_data_dir(data_dir)
         self.out_dir = Path(os.environ.get("MEDAD_RUN_DIR") or REPO_ROOT / "runs" / f"{chapter}-{profile}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._data: list[dict] = []
-        self._archives: set[str] = set()  # manifest keys of the real archives read
+        self.run_record = RunRecord(chapter, profile, None, data_dir=data_dir, resolved=self.config)
+        self.opener = self.run_record.opener
+        self.seed, self.device, self.data_dir = self.run_record.seed, self.run_record.device, self.run_record.data_dir
+        self.state = RunState(self.out_dir / "state" if profile == "full" else None)
+        self._data = self.opener.datasets  # provenance entries are read from the opener at finish()
         self._t0 = time.perf_counter()
         self.record = {
             "chapter": chapter,
             "commit": provenance.git_commit(),
             "profile": profile,
             "device": device_description(self.device),
+            "threads": self.run_record.threads,
             "seed": self.seed,
             "started": provenance.now_utc(),
             "parameters": {k: v for k, v in self.config.items() if k not in ("profile", "seed", "device")},
-            "data": self._data,
+            "data": [],
             "environment": provenance.environment(),
         }
-        seed_everything(self.seed)
 
     @property
     def uses_real_data(self) -> bool:
@@ -162,26 +169,23 @@ class ChapterRun:
         The run's seed is *not* passed on: seeded carve-outs (a val split) and
         synthetic data stay the same across training seeds, as real data does.
         """
-        ds = open_dataset(name, split, self.data_dir, **kwargs)
-        self.note_dataset(ds)
-        if not ds.synthetic:
-            self._archives.add(get_spec(name).manifest_key)
-        return ds
+        return self.opener(name, split, **kwargs)
 
     def note_dataset(self, ds) -> None:
-        item = ds.provenance()
-        if item not in self._data:
-            self._data.append(item)
+        if ds not in self.opener.datasets:
+            self.opener.datasets.append(ds)
 
     def glue(self, name: str, value, display: bool = False) -> None:
         glue(name, value, display=display)
 
     def reads(self) -> dict:
         """What this execution depended on: medad's imported source files and the real archives opened."""
-        return {"modules": imported_medad_files(), "archives": sorted(self._archives)}
+        archives = {get_spec(ds.name).manifest_key for ds in self.opener.datasets if not ds.synthetic}
+        return {"modules": imported_medad_files(), "archives": sorted(archives)}
 
     def finish(self) -> dict:
         """Glue the provenance table and the time taken; write provenance.json; return the record."""
+        self.record["data"] = self.opener.provenance()
         self.record["seconds"] = round(time.perf_counter() - self._t0, 1)
         self.record["finished"] = provenance.now_utc()
         (self.out_dir / "provenance.json").write_text(json.dumps(self.record, indent=2, default=str))

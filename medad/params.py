@@ -48,7 +48,7 @@ from medad.errors import ConfigError
 
 SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 TYPES = (*SCALARS, "list[int]", "list[float]", "list[str]", "dict[str, int]", "mapping")
-SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "choices_from", "optional", "default", "help"}
+SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "choices_from", "optional", "default", "excludes", "help"}
 
 
 class Config(dict):
@@ -65,7 +65,8 @@ class Config(dict):
 
 
 def registry_choices(reference: str) -> list:
-    """``module:NAME`` -> the keys (or items) of that registry, e.g. ``medad.models.ambiguous:MODELS``."""
+    """``module:NAME`` -> the keys (or items) of that registry (or of what that function returns),
+    e.g. ``medad.models.ambiguous:MODELS`` or ``medad.data.registry:list_datasets``."""
     import importlib
 
     module, _, attr = str(reference).partition(":")
@@ -73,6 +74,8 @@ def registry_choices(reference: str) -> list:
         value = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"choices_from {reference!r}: {exc}") from None
+    if callable(value):
+        value = value()
     return list(value.keys()) if hasattr(value, "keys") else list(value)
 
 
@@ -148,6 +151,19 @@ def _allowed(spec: dict) -> str:
     rules += [f"{word} {spec[key]}" for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if key in spec]
     rules += ["or null"] if spec.get("optional") else []
     return ", ".join([str(spec["type"]), *rules])
+
+
+def check_exclusions(chapter: str, given: dict) -> None:
+    """Parameters that cannot both be given (``excludes``), e.g. Prob. U-Net's ``epochs`` and ``iterations``."""
+    from medad import profiles
+
+    for name, spec in profiles.schema(chapter).items():
+        if given.get(name) is None:
+            continue
+        clash = [other for other in spec.get("excludes", ()) if given.get(other) is not None]
+        if clash:
+            raise ConfigError(f"{chapter}: {name} and {', '.join(clash)} were both given; they say the same thing "
+                              f"two ways ({spec.get('help', '')}): give one")
 
 
 def with_defaults(chapter: str, values: dict) -> dict:

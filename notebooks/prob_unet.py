@@ -39,6 +39,7 @@ train_slices = None
 test_slices = None
 models = None            # list of model names; None -> all five
 threads = None           # CPU threads for torch
+max_minutes_per_model = None  # time cap per model (minutes); when it stops a model, the chapter says so
 long_run = None          # run folder under results/prob_unet/ to show; None -> the best committed
 
 # %% tags=["remove-input"]
@@ -57,10 +58,8 @@ from medad.train import prob_unet_experiment as exp
 common.quiet_notebook()
 run = ChapterRun("prob_unet", profile=profile, data_dir=data_dir, device=device, seed=seed, epochs=epochs,
                  iterations=iterations, train_slices=train_slices, test_slices=test_slices, models=models,
-                 threads=threads)
+                 threads=threads, max_minutes_per_model=max_minutes_per_model)
 cfg = run.config
-if cfg.get("threads"):
-    torch.set_num_threads(int(cfg["threads"]))
 
 # %% [markdown]
 # ## Headline results
@@ -88,6 +87,11 @@ run.glue("long_patients", int(report.long_run_files(headline_run)["data"]["test"
 common.show_figure(report.headline_figure(headline_run),
                    "Left: test GED against the number of samples (lower is better); right: GED by how many "
                    "of the four graders marked the slice.")
+if (headline_run.path / "examples.npz").is_file():
+    common.show_figure(report.samples_figure(exp.load_examples(headline_run.path / "examples.npz"), f"committed run {headline_run.name}"),
+                       "The committed run's models on test slices marked by one to four graders: the graders' masks "
+                       "(left; an empty panel: that grader did not mark the slice), four Probabilistic U-Net samples, "
+                       "and one sample of each baseline.")
 
 # %% [markdown]
 # The reported numbers are not comparable one-to-one with this book's. The
@@ -162,11 +166,10 @@ print(f"{type(model).__name__}: {n_weights:,} weights")
 # grader 0's mask four times.
 
 # %% tags=["remove-input"]
-datasets = {split: run.open_dataset("lidc", split) for split in ("train", "val", "test")}
+datasets, data = exp.open_and_prepare(cfg, run.opener)
 kind = "synthetic" if datasets["train"].synthetic else "real"
-data = exp.prepare_data(datasets, cfg)
 marked = grader_count(data["test"]["grader_masks"])
-pick = report.pick_examples(data["test"], marked)
+pick = exp.example_slices(data["test"])
 graders = torch.from_numpy(data["test"]["grader_masks"][[pick.get(3, 0)]])  # a slice three graders marked
 
 # %%
@@ -222,19 +225,23 @@ display(common.show_table(report.split_table(data), caption=f"LIDC ({kind}) slic
 # fixed subset of validation slices). This is the whole training call:
 
 # %%
-# full profile: checkpoints every 2000 steps, and a rerun resumes from them
-checkpoints = run.out_dir / "checkpoints" if cfg.get("checkpoint_every") else None
-trained = exp.train_models(cfg, data, run.device, checkpoint_root=checkpoints,
-                           progress=False)
+# every model trained and selected on validation, then scored on the test slices, then the
+# synthetic oracle check; the full profile checkpoints (run.state) and a rerun resumes
+out = exp.run_experiment(cfg, run.opener, run.state, run.device, progress=False, prepared=(datasets, data))
+trained = out["trained"]
 
 # %% tags=["remove-input"]
 run.glue("train_minutes", sum(r.seconds for r in trained.values()) / 60)
+run.glue("time_cap_note", "; ".join(f"{report.TITLES[m]} was stopped by the time cap (max_minutes_per_model) "
+                                    f"after {note}" for m, note in out["stopped_early"].items())
+         or "No model was stopped by the time cap")
 display(common.show_table(report.training_table(trained), caption="Training of this build (smoke-sized)"))
 common.show_figure(report.training_figure(trained, kind),
                    "Left: training loss per model; right: validation GED at each check, whose lowest point gives the weights kept.")
 
 # %% [markdown]
 # Training all models took {glue:text}`train_minutes:.1f` minutes here.
+# {glue:text}`time_cap_note`.
 #
 # ### GED against the number of samples
 #
@@ -248,8 +255,7 @@ common.show_figure(report.training_figure(trained, kind),
 # Short schedules show exactly that.
 
 # %% tags=["remove-input"]
-evaluation = report.evaluate(trained, data["test"], cfg, run.device, run.seed, keep=pick.values())
-curve, table, by_graders = evaluation["curve"], evaluation["table"], evaluation["by_graders"]
+curve, table, by_graders = out["curve"], out["table"], out["by_graders"]
 ts = cfg["table_samples"]
 run.glue("table_samples", ts)
 run.glue("pu_final_kl", float(trained["prob_unet"].history[-1]["kl"]) if "prob_unet" in trained else float("nan"))
@@ -269,7 +275,7 @@ display(common.show_table(report.model_table(table, ts), caption=f"This build ({
 # then one sample of each baseline.
 
 # %% tags=["remove-input"]
-common.show_figure(report.samples_figure(data["test"], evaluation["evals"], pick, kind),
+common.show_figure(report.samples_figure(report.examples_from_build(data["test"], out["evals"], out["pick"]), kind),
                    "Graders left, samples right; after minutes of CPU training the samples show the mechanics, "
                    "not the quality.")
 
@@ -303,7 +309,7 @@ display(common.show_table(official, caption=f"{ts} samples, this build: both emp
 # {glue:text}`long_oracle_oracle:.3f`.
 
 # %% tags=["remove-input"]
-oracle = report.oracle_run(run, datasets, data, trained, cfg)
+oracle = out["oracle"]
 n_or = max(cfg["sample_counts"])
 run.glue("oracle_n", n_or)
 run.glue("oracle_pu", report.oracle_value(oracle, "Prob. U-Net", n_or))

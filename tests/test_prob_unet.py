@@ -1,5 +1,8 @@
 """Probabilistic U-Net, baselines and their training loop (medad.models, medad.train.segmentation)."""
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -184,18 +187,18 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, name, precision):
     assert resumed.steps == 6
     # the final training state (last.pt), not the best-validation weights the function returns
     a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("a", "b"))
-    assert a["step"] == b["step"] == 6
+    assert a["state"]["step"] == b["state"]["step"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
-    assert (tmp_path / "b" / "best.pt").is_file()
+    assert [h["loss"] for h in a["state"]["history"]] == [h["loss"] for h in b["state"]["history"]]
+    assert "val_ged" in b["state"]["best"]  # the selected weights travel in the checkpoint
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     data = tiny_data()
     train(build_model("unet", **SMALL), data, data, settings(iterations=1), checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="checkpoint"):
+    with pytest.raises(ConfigError, match="other settings.*model: unet -> mheads"):
         train(build_model("mheads", **SMALL), data, data, settings(iterations=2), checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="other training data"):
+    with pytest.raises(ConfigError, match="other settings.*data: "):
         train(build_model("unet", **SMALL), tiny_data(seed=9), data, settings(iterations=2), checkpoint_dir=tmp_path, progress=False)
 
 
@@ -223,25 +226,37 @@ def test_validation_selects_best_weights_and_lr_schedule():
     assert [s.lr_at(k) for k in (0, 99, 100, 199, 200, 299)] == [1e-4, 1e-4, 5e-5, 5e-5, 1e-5, 1e-5]
     data = tiny_data()
     res = train(build_model("unet", **SMALL), data, data, settings(iterations=4, val_every=2), progress=False)
-    assert [v["step"] for v in res.val_history] == [2, 4]
-    assert res.best_val_ged == min(v["val_ged"] for v in res.val_history)
+    assert [v["step"] for v in res.validations] == [2, 4]
+    assert res.best["val_ged"]["value"] == min(v["val_ged"] for v in res.validations)
+    assert s.lr_at(150, iterations=600) == 1e-4  # the boundaries are fractions of the schedule's length
 
 
 # ----------------------------------------------------------------------------- experiment driver (chapter + long run)
+
+
+def tiny_config(**kw):
+    from medad import profiles
+
+    given = {"crop": 32, "train_slices": 8, "val_slices": 6, "test_slices": 6, "eval_subset": "slices",
+             "channels": [4, 8], "convs_per_block": 1, "latent_dim": 2, "ensemble_members": 2, "heads": 2,
+             "models": ["prob_unet", "unet"], "iterations": 2, "batch_size": 4, "lr_values": [1e-3], "lr_boundaries": [],
+             "val_every": 0, "val_select_slices": 4, "val_samples": 2, "sample_counts": [1, 4], "max_samples": {},
+             "table_samples": 4, "hm_iou_samples": 4, "n_boot": 20, "oracle_train_slices": 8, "oracle_val_slices": 4,
+             "oracle_test_slices": 4, "oracle_iterations": 2, **kw}
+    return profiles.resolve("prob_unet", "quick", **given)
 
 
 def test_experiment_pipeline_on_tiny_synthetic_data(tmp_path):
     from medad.data.synthetic import synthetic_lidc
     from medad.train import prob_unet_experiment as exp
 
-    cfg = {"seed": 0, "crop": 32, "train_slices": 8, "val_slices": 6, "test_slices": 6, "eval_subset": "slices",
-           "channels": [4, 8], "convs_per_block": 1, "latent_dim": 2, "ensemble_members": 2, "heads": 2,
-           "models": ["prob_unet", "unet"], "iterations": 2, "epochs": None, "batch_size": 4,
-           "lr_values": [1e-3], "lr_boundaries": [], "val_every": 0, "val_select_slices": 4, "val_samples": 2}
+    cfg = tiny_config()
     ds = {s: synthetic_lidc(s, seed=0, n=8) for s in ("train", "val", "test")}
     data = exp.prepare_data(ds, cfg)
     assert data["train"]["images"].shape == (8, 32, 32) and len(data["test"]["images"]) == 6
     assert exp.iterations_for({**cfg, "epochs": 2}, 8) == 4
+    with pytest.raises(ConfigError, match="epochs and iterations were both given"):
+        tiny_config(epochs=2)
     trained = exp.train_models(cfg, data, "cpu", progress=False)
     evals = {m: exp.evaluate_model(r.model, data["test"], [1, 4], "cpu", 0, hm_iou_samples=4, keep_examples=[0])
              for m, r in trained.items()}
@@ -258,8 +273,41 @@ def test_experiment_pipeline_on_tiny_synthetic_data(tmp_path):
     oracle = exp.oracle_check(trained["prob_unet"].model, ds["test"], data["test"], [1, 4], "cpu", 0)
     truth = oracle.query("sampler == 'oracle' and reference == 'vs true distribution'")["ged"]
     assert truth.iloc[-1] < truth.iloc[0]  # the oracle nears 0 as N grows
-    with pytest.raises(ConfigError, match="unknown model"):
-        exp.check_models(["prob_unet", "vae"])
+    with pytest.raises(ConfigError, match="'models'.*one of prob_unet, unet"):  # choices from the model registry
+        tiny_config(models=["prob_unet", "vae"])
+
+
+def test_one_entry_point_writes_a_committed_run_and_refuses_to_overwrite_another(tmp_path):
+    """run_experiment (what the notebook and the command line call) -> RunRecord.write, on synthetic data."""
+    from medad.experiment.record import RunRecord
+    from medad.train import prob_unet_experiment as exp
+
+    def record(name, **kw):
+        return RunRecord("prob_unet", "long_cpu", name, resolved=tiny_config(**kw), state_root=tmp_path / "state",
+                         results_root=tmp_path / "results", code_files=exp.CODE_FILES)
+
+    rec = record("tiny-run")
+    out = exp.run_experiment(rec.config, rec.opener, rec.state, "cpu", progress=False)
+    folder = exp.write_committed(rec, out)
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["kind"] == "smoke"  # synthetic data is never a headline
+    assert prov["run_id"] == rec.run_id and prov["precision"] == "float32"
+    used = {d["split"]: d["n_used"] for d in prov["data"] if d["dataset"] == "lidc" and "n_used" in d}
+    assert used["train"] == 8 and used["test"] == 6  # the subsets actually used, not the split sizes
+    table = pd.read_csv(folder / "table.csv")
+    assert {"GED", "HM-IoU"} <= set(table["metric"]) and (table["dataset"] == "synthetic LIDC").all()
+    examples = exp.load_examples(folder / "examples.npz")
+    assert set(examples["samples"]) == {"prob_unet", "unet"}
+    # the same name resumes (finished models are restored, not retrained) ...
+    again = record("tiny-run")
+    assert again.run_id == rec.run_id
+    # ... but not under other settings, and another run never writes into this run's folder
+    with pytest.raises(ConfigError, match="other settings.*iterations: 2 -> 3"):
+        record("tiny-run", iterations=3)
+    import shutil
+    shutil.rmtree(tmp_path / "state")
+    with pytest.raises(ConfigError, match="already holds another run's results"):
+        record("tiny-run")
 
 
 def test_bf16_training_changes_the_numbers_but_not_the_loss_scale():

@@ -74,7 +74,7 @@ def test_bad_parameters_are_config_errors_naming_parameter_value_and_rule(entry,
 ])
 def test_experiment_command_line_is_validated_before_any_work(argv, words, capsys, monkeypatch):
     monkeypatch.setattr(exp, "prepare_data", lambda *a, **k: pytest.fail("validation must come before loading data"))
-    args = ["--name", "check", "--stage", "main", *argv]
+    args = ["--name", "check", *argv]
     assert exp.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ConfigError: ")
@@ -120,9 +120,11 @@ def test_schema_choices_follow_the_registries():
     from medad.models.ambiguous import MODELS
 
     backbones = profiles.schema("backbones")
-    assert set(backbones["embedding_backbone"]["choices"]) == set(REGISTRY) == set(backbones["speed_backbones"]["choices"])
-    assert set(backbones["datasets"]["choices"]) == set(list_datasets())
-    assert set(profiles.schema("prob_unet")["models"]["choices"]) == set(MODELS)
+    for key, registry in (("embedding_backbone", REGISTRY), ("speed_backbones", REGISTRY), ("datasets", list_datasets())):
+        assert set(params.registry_choices(backbones[key]["choices_from"])) == set(registry)
+    assert set(params.registry_choices(profiles.schema("prob_unet")["models"]["choices_from"])) == set(MODELS)
+    with pytest.raises(ConfigError, match="'embedding_backbone'.*one of .*standin-effnet-lite0-minilm"):
+        profiles.resolve("backbones", "quick", embedding_backbone="resnet50-imagenet")
 
 
 def _profile_dir(tmp_path, monkeypatch, text):
@@ -182,8 +184,8 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize("entry,argv,patch,words", [
     (cli.main, ["book", "--chapters", "data_atlas"], ("medad.pipeline.build_book", _interrupt),
      ["python -m medad book --chapters data_atlas"]),
-    (exp.main, ["--name", "run1", "--stage", "main"], ("medad.train.prob_unet_experiment.run_long", _interrupt),
-     ["checkpoints are kept", "python -m medad.train.prob_unet_experiment --name run1 --stage main"]),
+    (exp.main, ["--name", "run1", "--models", "unet"], ("medad.train.prob_unet_experiment.run_experiment", _interrupt),
+     ["checkpoints are kept", "python -m medad.train.prob_unet_experiment --name run1 --models unet"]),
 ], ids=["python -m medad", "prob_unet_experiment"])
 def test_ctrl_c_ends_with_one_line_saying_what_to_rerun(entry, argv, patch, words, capsys, monkeypatch):
     monkeypatch.setattr(*patch)
@@ -399,8 +401,8 @@ STEPPED = {"lr_values": (1e-3, 1e-4), "lr_boundaries": (0.5,)}  # the rate drops
 @pytest.mark.parametrize("first,change,words", [
     ({}, {"lr_values": (5e-4,)}, ["lr_values: [0.001] -> [0.0005]"]),
     ({}, {"seed": 2}, ["seed: 1 -> 2"]),
-    (STEPPED, {**STEPPED, "iterations": 4}, ["iterations: 2 -> 4", "learning rates of the 2 steps already done"]),
-    ({}, {"channels": (4, 16)}, ["channels: [4, 8] -> [4, 16]", "network layout"]),
+    (STEPPED, {**STEPPED, "iterations": 4}, ["steps: 2 -> 4", "learning rate of 1 of the 2 steps already done"]),
+    ({}, {"channels": (4, 16)}, ["channels: [4, 8] -> [4, 16]", "layout: "]),
 ], ids=["learning rate", "seed", "longer stepped schedule", "model size"])
 def test_resuming_under_other_settings_is_refused_with_how_to_start_fresh(first, change, words, tmp_path):
     _train(tmp_path / "run", _settings(**first))
@@ -422,13 +424,18 @@ def test_longer_run_with_same_rates_resumes_and_stale_temporaries_go(tmp_path):
 
 
 def test_fresh_flag_removes_the_runs_checkpoints(tmp_path, monkeypatch, capsys):
-    folder = tmp_path / "ck" / "run1"
-    folder.mkdir(parents=True)
-    (folder / "last.pt").write_bytes(b"old")
+    folder = tmp_path / "ck" / "prob_unet" / "run1"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "unet.pt").write_bytes(b"old")
     seen = {}
-    monkeypatch.setattr(exp, "run_long", lambda *a, **k: seen.setdefault("existed", folder.exists()) or tmp_path)
-    assert exp.main(["--name", "run1", "--stage", "main", "--checkpoints", str(tmp_path / "ck"), "--fresh"]) == 0
-    assert seen == {"existed": False} and "--fresh: removed" in capsys.readouterr().out
+
+    def fake_run(cfg, opener, state, *a, **k):
+        seen["old checkpoint"] = (folder / "checkpoints" / "unet.pt").exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exp, "run_experiment", fake_run)
+    assert exp.main(["--name", "run1", "--checkpoints", str(tmp_path / "ck"), "--fresh"]) == 130
+    assert seen == {"old checkpoint": False} and "--fresh: removed" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- 6 destructive commands

@@ -180,9 +180,19 @@ def jsonable(settings: Mapping) -> dict:
     return json.loads(json.dumps(_normalise(dict(settings)), default=_json_default))
 
 
+def _flatten(settings: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def settings_differences(saved: Mapping, now: Mapping, resumable: Iterable[str] = ()) -> list[str]:
-    """``'name: old -> new'`` for every setting that differs, except those in ``resumable``."""
-    saved, now, skip = jsonable(saved), jsonable(now), set(resumable)
+    """``'name: old -> new'`` for every setting that differs (nested ones as ``outer.inner``), except ``resumable``."""
+    saved, now, skip = _flatten(jsonable(saved)), _flatten(jsonable(now)), set(resumable)
     return [f"{k}: {saved.get(k)} -> {now.get(k)}" for k in sorted(set(saved) | set(now))
             if k not in skip and saved.get(k) != now.get(k)]
 

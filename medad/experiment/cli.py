@@ -21,29 +21,14 @@ from medad.errors import ConfigError, command_line
 from medad.experiment.record import RunRecord, check_run_name
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def name_list(text: str) -> list[str]:
-    """``a,b`` or ``a, b`` -> ['a', 'b']; an empty list is an error."""
+def name_list(text: str | None, option: str) -> list[str] | None:
+    """``a,b`` or ``a, b`` -> ['a', 'b'] (None stays None); an empty list is an error naming the option."""
+    if text is None:
+        return None
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {text!r}")
+        raise ConfigError(f"{option} {text!r}: expected a comma-separated list of names")
     return names
-
-
-def run_name(text: str) -> str:
-    try:
-        return check_run_name(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser(chapter: str, description: str, datasets: bool = False) -> argparse.ArgumentParser:
@@ -51,19 +36,19 @@ def parser(chapter: str, description: str, datasets: bool = False) -> argparse.A
     from medad import profiles
 
     ap = argparse.ArgumentParser(prog=f"python -m medad.train.{chapter}_experiment", description=description)
-    ap.add_argument("--profile", default="long_cpu", choices=profiles.named_profiles(chapter),
-                    help=f"a mapping of medad/profiles/{chapter}.yml")
+    ap.add_argument("--profile", default="long_cpu",
+                    help=f"a mapping of medad/profiles/{chapter}.yml: {', '.join(profiles.named_profiles(chapter))}")
     ap.add_argument("--data-dir", default=None,
                     help="folder with the archives, relative to the current folder (default: $MEDAD_DATA; none: synthetic)")
-    ap.add_argument("--name", required=True, type=run_name, help=f"run name: results/{chapter}/<name>/")
-    ap.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: the profile's)")
+    ap.add_argument("--name", required=True, help=f"run name: results/{chapter}/<name>/")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch, >= 1 (default: the profile's)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the profile's)")
     ap.add_argument("--fresh", action="store_true",
                     help="discard this run's checkpoints and results folder first and start afresh")
     ap.add_argument("--checkpoints", default=None,
                     help="folder for run states (default: <medad cache>/runs; outside the work tree)")
     if datasets:
-        ap.add_argument("--datasets", type=name_list, default=None, help="comma-separated datasets (default: the profile's)")
+        ap.add_argument("--datasets", default=None, help="comma-separated datasets (default: the profile's)")
     return ap
 
 
@@ -80,9 +65,10 @@ def data_dir_argument(value: str | None) -> str | None:
 def make_record(chapter: str, args: argparse.Namespace, *, code_files: Iterable[str], overrides: dict | None = None,
                 resumable: Iterable[str] = ()) -> RunRecord:
     """The :class:`RunRecord` of a command-line run from the parsed shared options."""
+    check_run_name(args.name, "--name")
     given = {"threads": args.threads, "device": args.device, **(overrides or {})}
     if getattr(args, "datasets", None) is not None:
-        given["datasets"] = args.datasets
+        given["datasets"] = name_list(args.datasets, "--datasets")
     return RunRecord(chapter, args.profile, args.name, data_dir=data_dir_argument(args.data_dir),
                      overrides={k: v for k, v in given.items() if v is not None}, fresh=args.fresh,
                      state_root=args.checkpoints, command=" ".join(shlex.quote(a) for a in

@@ -8,7 +8,8 @@ terms of a batch, the learning rate of a step, how to validate); the loop owns *
 - the steps: ``settings.steps`` optimisation steps, in epochs of ``task.steps_per_epoch()`` steps
   whose batches the task draws at the start of the epoch (``task.epoch_batches``) from the run's
   NumPy generator; a non-finite loss stops the run with :class:`NonFiniteLossError`;
-- validation every ``validate_every`` steps (0: at the end of every epoch) and after the last step;
+- validation every ``validate_every`` steps (0: at the end of every epoch; None: only after the last
+  step) and always after the last step;
   ``task.validate()`` returns named scores, ``select``/``mode`` name the one that picks the weights
   returned (``track`` keeps the best weights of other scores too, e.g. a test-set selection that a
   chapter shows only to measure its leak); ties keep the earlier weights, NaN never wins;
@@ -51,8 +52,8 @@ class LoopSettings:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
-    validate_every: int = 0  # steps; 0 = at the end of every epoch
-    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch (when a checkpoint path is given)
+    validate_every: int | None = 0  # steps; 0 = at the end of every epoch; None = only after the last step
+    checkpoint_every: int | None = 0  # steps; 0 = at the end of every epoch; None = only after the last step
     log_every: int = 0  # steps; 0 = once per epoch
     max_minutes: float | None = None  # stop early (and say so) when this wall-clock budget is spent
     grad_clip: float | None = None
@@ -64,8 +65,9 @@ class LoopSettings:
         if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
             raise ConfigError(f"a training run needs at least one step, got steps={self.steps!r}")
         for name in ("validate_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0 (0 = once per epoch), got {getattr(self, name)}")
+            value = getattr(self, name)
+            if (value is None and name == "log_every") or (value is not None and value < 0):
+                raise ConfigError(f"{name} must be >= 0 (0 = once per epoch), got {value}")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {self.mode!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -243,8 +245,9 @@ def fit(task: Task, settings: LoopSettings, checkpoint: str | Path | None = None
     t0 = time.perf_counter() - state["seconds"]
     stopped_by = "steps"
     log_every = s.log_every or spe
-    val_every = s.validate_every or spe
-    ckpt_every = s.checkpoint_every or spe
+    never = s.steps + 1  # None: only after the last step, which always validates and saves
+    val_every = never if s.validate_every is None else (s.validate_every or spe)
+    ckpt_every = never if s.checkpoint_every is None else (s.checkpoint_every or spe)
     running: dict[str, float] = {}
     bar = tqdm(total=s.steps, initial=state["step"], desc=task.name, disable=not progress, leave=False, mininterval=5)
     model.train()

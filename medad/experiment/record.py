@@ -44,10 +44,10 @@ PROVENANCE_KEYS = ("chapter", "run", "run_id", "kind", "profile", "schedule", "p
 RESUMABLE_PARAMETERS = {"threads", "device", "checkpoint_every", "log_every"}
 
 
-def check_run_name(name: str) -> str:
+def check_run_name(name: str, what: str = "run name") -> str:
     """A run name becomes a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
     if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(f"run name {name!r}: a run name is one folder name of letters, digits, '.', '_' and '-' "
+        raise ConfigError(f"{what} {name!r}: a run name is one folder name of letters, digits, '.', '_' and '-' "
                           "(at most 100, starting with a letter or digit), e.g. long-cpu-2026-12-03")
     return name
 

@@ -83,6 +83,7 @@ def resolve_named(chapter: str, profile: str, given: dict | None = None, drop: t
     if profile not in named_profiles(chapter):
         raise ConfigError(f"{chapter}: profile must be one of {', '.join(named_profiles(chapter))}, got {profile!r}")
     values = {k: v for k, v in data[profile].items() if k not in drop}
+    params.check_exclusions(chapter, given or {})
     values.update({k: v for k, v in (given or {}).items() if v is not None})
     values = params.validate(chapter, params.with_defaults(chapter, values))
     values["profile"] = profile

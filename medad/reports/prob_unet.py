@@ -39,34 +39,9 @@ def _read_json(path: Path) -> dict:
 
 
 def tidy_long_run(long: dict, oracle: dict | None = None) -> list[dict]:
-    """One tidy row per number of a long run (``results.json``) and its oracle check (``oracle.json``)."""
-    dataset = "synthetic LIDC" if long["data"]["test"]["synthetic"] else "LIDC"
-    ts = long["config"].get("table_samples", 16)
-    rows = []
-    for c in long["curve"]:
-        setting = f"{c['samples']} samples"
-        rows.append(results.row(dataset, setting, c["title"], "GED", c["mean"], c["low"], c["high"], n=c["n"]))
-        rows.append(results.row(dataset, setting, c["title"], "GED, official convention (non-NaN slices)",
-                                c["official_nanmean"], n=c["n"]))
-        rows.append(results.row(dataset, setting, c["title"], "NaN slices, official convention",
-                                c["official_nan_fraction"], n=c["n"]))
-    n_test = long["data"]["test"]["slices"]
-    for t in long["table"]:
-        rows.append(results.row(dataset, f"{ts} samples", t["title"], "sample diversity", t[f"diversity@{ts}"], n=n_test))
-        rows.append(results.row(dataset, f"{long['config'].get('hm_iou_samples', 16)} samples", t["title"], "HM-IoU",
-                                t["HM-IoU"], n=n_test))
-    for b in long["by_graders"]:
-        rows.append(results.row(dataset, f"{b['samples']} samples, {b['graders']} graders marked", b["title"], "GED",
-                                b["mean"], b["low"], b["high"], n=b["n"]))
-    for model, t in long["training"].items():
-        rows.append(results.row(dataset, f"step {t['best_step']} of {t['steps']} kept", TITLES.get(model, model),
-                                "validation GED", t["best_val_ged"], n=long["config"].get("val_select_slices", 0)))
-    if oracle:
-        n = oracle["slices"]["test"]
-        for o in oracle["table"]:
-            rows.append(results.row("synthetic LIDC", f"{o['samples']} samples, {o['reference']}", o["sampler"], "GED",
-                                    o["ged"], n=n))
-    return rows
+    """One tidy row per number of a run folder's ``results.json`` and ``oracle.json`` (runs made before the harness)."""
+    table = pd.DataFrame(oracle["table"]) if oracle else None
+    return experiment.tidy_rows(long, table, oracle["slices"]["test"] if oracle else 0)
 
 
 def long_run_schedule(long: dict, provenance: dict, oracle: dict | None = None) -> str:
@@ -168,7 +143,7 @@ def training_figure(trained: dict, kind: str):
     for name, res in trained.items():
         hist = pd.DataFrame(res.history)
         axes[0].plot(hist["step"], hist["loss"], label=TITLES[name], lw=1)
-        val = pd.DataFrame(res.val_history)
+        val = pd.DataFrame(res.validations)
         axes[1].plot(val["step"], val["val_ged"], marker="o", label=TITLES[name], lw=1)
     axes[0].set(yscale="log", xlabel="iteration (steps)", ylabel="training loss (nats per slice)",
                 title=f"LIDC ({kind}): training loss")
@@ -178,26 +153,37 @@ def training_figure(trained: dict, kind: str):
     return fig
 
 
-def samples_figure(data: dict, evals: dict, pick: dict, kind: str, n_show: int = 4):
-    """Rows: test slices marked by 1..4 graders; columns: image, graders, Prob. U-Net samples, one per baseline."""
-    rows = list(pick.items())
+def examples_from_build(data: dict, evals: dict, pick: dict[int, int]) -> dict:
+    """This build's example slices in the form :func:`medad.train.prob_unet_experiment.load_examples` returns."""
+    index = [pick[k] for k in sorted(pick)]
+    return {"marked_by": np.array(sorted(pick)), "images": data["images"][index], "grader_masks": data["grader_masks"][index],
+            "samples": {m: np.stack([ev.examples[i] for i in index]) for m, ev in evals.items()}}
+
+
+def samples_figure(examples: dict, kind: str, n_show: int = 4):
+    """Rows: test slices marked by 1..4 graders; columns: image, graders, Prob. U-Net samples, one per baseline.
+
+    ``examples``: a committed run's ``examples.npz`` (``load_examples``) or :func:`examples_from_build`.
+    """
+    samples = examples["samples"]
+    rows = list(enumerate(examples["marked_by"]))
     fig, axes = plt.subplots(len(rows), 5 + 2 * n_show, figsize=(1.25 * (5 + 2 * n_show), 1.45 * len(rows)), squeeze=False)
-    other = [m for m in evals if m != "prob_unet"]
-    for r, (k, i) in enumerate(rows):
-        img = data["images"][i]
+    other = [m for m in samples if m != "prob_unet"]
+    for r, (i, k) in enumerate(rows):
+        img = examples["images"][i]
         viz.show_image(axes[r, 0], img, f"{k} grader(s)")
         for g in range(4):
             viz.show_image(axes[r, 1 + g], img, f"grader {g}" if r == 0 else "")
-            viz.overlay_mask(axes[r, 1 + g], data["grader_masks"][i, g], viz.GRADER_COLOURS[g])
+            viz.overlay_mask(axes[r, 1 + g], examples["grader_masks"][i, g], viz.GRADER_COLOURS[g])
         for j in range(n_show):
             viz.show_image(axes[r, 5 + j], img, f"Prob. U-Net {j + 1}" if r == 0 else "")
-            viz.overlay_mask(axes[r, 5 + j], evals["prob_unet"].examples[i][j] if "prob_unet" in evals else None)
+            viz.overlay_mask(axes[r, 5 + j], samples["prob_unet"][i, j] if "prob_unet" in samples else None)
         for j in range(n_show):  # one sample of each baseline (ensemble, M-heads: the second member or head)
             ax = axes[r, 5 + n_show + j]
             if j < len(other):
                 m = other[j]
                 viz.show_image(ax, img, TITLES[m] if r == 0 else "")
-                viz.overlay_mask(ax, evals[m].examples[i][1 % len(evals[m].examples[i])], "#00bfff")
+                viz.overlay_mask(ax, samples[m][i, 1 % samples[m].shape[1]], "#00bfff")
             else:
                 ax.axis("off")
     fig.suptitle(f"LIDC ({kind}) test slices: graders (left) and model samples (right)", fontsize=9)
@@ -220,43 +206,6 @@ def oracle_figure(oracle: pd.DataFrame):
 
 
 # ----------------------------------------------------------------------------- tables of this build
-
-
-def pick_examples(data: dict, marked: np.ndarray) -> dict[int, int]:
-    """For the samples figure: the test slice with the largest lesion among those marked by k = 1..4 graders."""
-    sizes = data["grader_masks"].any(1).sum((1, 2))
-    pick = {}
-    for k in (1, 2, 3, 4):
-        idx = np.flatnonzero(marked == k)
-        if len(idx):
-            pick[k] = int(idx[np.argmax(sizes[idx])])
-    return pick
-
-
-def evaluate(trained: dict, test: dict, cfg: dict, device: str, seed: int, keep=()) -> dict:
-    """Samples of every trained model on the test slices, scored; the curve, table and by-grader tables."""
-    counts_all = cfg["sample_counts"]
-    evals = {}
-    for name, res in trained.items():
-        limit = int(cfg.get("max_samples", {}).get(name, max(counts_all)))
-        evals[name] = experiment.evaluate_model(res.model, test, [c for c in counts_all if c <= limit], device, seed + 7,
-                                           cfg.get("hm_iou_samples", 16), keep_examples=keep)
-    curve, table, by_graders = experiment.summarize(evals, test, cfg["n_boot"], seed, cfg["table_samples"])
-    return {"evals": evals, "curve": curve, "table": table, "by_graders": by_graders}
-
-
-def oracle_run(run, datasets: dict, data: dict, trained: dict, cfg: dict) -> pd.DataFrame:
-    """The synthetic oracle check: reuse the main model when the main data is synthetic, else train one."""
-    if datasets["train"].synthetic and "prob_unet" in trained:
-        model, test_ds, test = trained["prob_unet"].model, datasets["test"], data["test"]
-    else:
-        syn = {s: run.open_dataset("lidc", s, synthetic=True, n=cfg[f"oracle_{s}_slices"] if s != "val" else 100)
-               for s in ("train", "val", "test")}
-        syn_data = experiment.prepare_data(syn, {**cfg, "train_slices": None, "val_slices": None, "test_slices": None})
-        syn_cfg = {**cfg, "iterations": cfg["oracle_iterations"], "epochs": None}
-        model = experiment.train_models(syn_cfg, syn_data, run.device, progress=False, models=["prob_unet"])["prob_unet"].model
-        test_ds, test = syn["test"], syn_data["test"]
-    return experiment.oracle_check(model, test_ds, test, cfg["sample_counts"], run.device, run.seed + 11)
 
 
 def oracle_value(oracle: pd.DataFrame, sampler: str, samples: int, reference: str = "vs true distribution") -> float:
@@ -298,10 +247,14 @@ def model_table(table: pd.DataFrame, ts: int) -> pd.DataFrame:
 
 
 def training_table(trained: dict) -> pd.DataFrame:
-    rows = {TITLES[m]: r.summary() for m, r in trained.items()}
-    table = pd.DataFrame(rows).T[["steps", "best_step", "best_val_ged", "seconds"]]
-    table = table.apply(pd.to_numeric).astype({"steps": int, "best_step": int})
-    return table.rename(columns={"best_step": "step kept", "best_val_ged": "validation GED", "seconds": "seconds (wall)"})
+    """Per model: steps run (and whether the time cap stopped it), the step kept, its validation GED, seconds."""
+    rows = {}
+    for m, r in trained.items():
+        total = r.settings["loop"]["steps"]
+        rows[TITLES[m]] = {"steps run": f"{r.steps:,}" + (f" of {total:,} (time cap)" if r.stopped_by != "steps" else ""),
+                           "step kept": int(r.best_step), "validation GED": float(r.best["val_ged"]["value"]),
+                           "seconds (wall)": round(r.seconds, 1)}
+    return pd.DataFrame(rows).T
 
 
 def official_table(curve: pd.DataFrame, ts: int) -> pd.DataFrame:

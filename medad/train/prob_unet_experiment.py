@@ -18,10 +18,7 @@ who marked the slice, patient-level bootstrap intervals.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,13 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medad import provenance
-from medad.errors import ConfigError, command_line
-from medad.paths import REPO_ROOT
+from medad.errors import ConfigError
+from medad.experiment import cli
+from medad.experiment.loop import FitResult
+from medad.experiment.record import RunRecord, RunState
 from medad.metrics.bootstrap import bootstrap_ci
 from medad.metrics.ged import distance_matrices, ged_from_distances, hungarian_iou, sample_diversity
-from medad.models.ambiguous import MODELS, TITLES, build_model
-from medad.train.segmentation import TrainResult, TrainSettings, to_batch, train
+from medad.models.ambiguous import TITLES, build_model
+from medad.train.segmentation import TrainSettings, to_batch, train
 
 CHAPTER = "prob_unet"
 
@@ -95,18 +93,18 @@ def load_split_arrays(ds) -> dict:
 
 def prepare_data(datasets: dict, cfg: dict) -> dict:
     """{split: arrays} from opened datasets, cropped and subset as the profile says."""
-    seed = int(cfg.get("seed", 0))
-    by = cfg.get("eval_subset", "patients")
+    seed = int(cfg["seed"])
+    by = cfg["eval_subset"]
     if by not in ("patients", "slices"):
         raise ConfigError(f"eval_subset must be 'patients' or 'slices', got {by!r}")
     subset = patient_subset if by == "patients" else slice_subset
     out = {}
     for split, ds in datasets.items():
-        arrays = center_crop(load_split_arrays(ds), cfg.get("crop"))
+        arrays = center_crop(load_split_arrays(ds), cfg["crop"])
         if split == "train":
-            arrays = slice_subset(arrays, cfg.get("train_slices"), seed)
+            arrays = slice_subset(arrays, cfg["train_slices"], seed)
         else:  # val/test subsets: whole patients, or (small profiles) random slices from many patients
-            arrays = subset(arrays, cfg.get(f"{split}_slices"), seed)
+            arrays = subset(arrays, cfg[f"{split}_slices"], seed)
         out[split] = arrays
     return out
 
@@ -115,18 +113,18 @@ def prepare_data(datasets: dict, cfg: dict) -> dict:
 
 
 def model_options(cfg: dict, name: str) -> dict:
-    opts = {"channels": tuple(cfg["channels"]), "convs_per_block": cfg.get("convs_per_block", 3),
-            "latent_dim": cfg.get("latent_dim", 6), "beta": cfg.get("beta", 1.0),
-            "num_1x1_convs": cfg.get("num_1x1_convs", 3), "dropout": cfg.get("dropout", 0.5),
-            "members": cfg.get("ensemble_members", 4), "heads": cfg.get("heads", 4), "relax": cfg.get("mheads_relax", 0.05)}
+    opts = {"channels": tuple(cfg["channels"]), "convs_per_block": cfg["convs_per_block"],
+            "latent_dim": cfg["latent_dim"], "beta": cfg["beta"], "num_1x1_convs": cfg["num_1x1_convs"],
+            "dropout": cfg["dropout"], "members": cfg["ensemble_members"], "heads": cfg["heads"],
+            "relax": cfg["mheads_relax"]}
     if name != "dropout_unet":
         opts.pop("dropout")
     return opts
 
 
 def iterations_for(cfg: dict, n_train: int) -> int:
-    """``epochs`` (over the training slices used) wins over ``iterations`` when set."""
-    if cfg.get("epochs"):
+    """``epochs`` (over the training slices used) when set, else ``iterations`` (the schema forbids giving both)."""
+    if cfg["epochs"]:
         return max(1, math.ceil(float(cfg["epochs"]) * n_train / int(cfg["batch_size"])))
     return int(cfg["iterations"])
 
@@ -135,35 +133,37 @@ def train_settings(cfg: dict, n_train: int, device: str, seed: int) -> TrainSett
     return TrainSettings(
         iterations=iterations_for(cfg, n_train), batch_size=int(cfg["batch_size"]),
         lr_values=tuple(cfg["lr_values"]), lr_boundaries=tuple(cfg["lr_boundaries"]),
-        weight_decay=float(cfg.get("weight_decay", 1e-5)), seed=seed, device=device,
-        precision=cfg.get("precision", "fp32"), channels_last=bool(cfg.get("channels_last", False)),
-        checkpoint_every=int(cfg.get("checkpoint_every") or 0), val_every=int(cfg.get("val_every") or 0),
-        val_slices=int(cfg.get("val_select_slices", 150)), val_samples=int(cfg.get("val_samples", 8)),
-        max_minutes=cfg.get("max_minutes_per_model"),
+        weight_decay=float(cfg["weight_decay"]), seed=seed, device=device,
+        precision=cfg["precision"], channels_last=bool(cfg["channels_last"]),
+        checkpoint_every=int(cfg["checkpoint_every"]), val_every=int(cfg["val_every"]),
+        val_slices=int(cfg["val_select_slices"]), val_samples=int(cfg["val_samples"]),
+        max_minutes=cfg["max_minutes_per_model"],
     )
 
 
-def check_models(names) -> list[str]:
-    names = list(names)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        raise ConfigError(f"unknown model(s) {unknown}; choose from: {', '.join(MODELS)}")
-    return names
+def train_models(cfg: dict, data: dict, device: str, state: RunState | None = None, progress: bool = True,
+                 models=None, prefix: str = "") -> dict[str, FitResult]:
+    """Train every model in ``cfg['models']`` with the same settings and seed; returns name -> FitResult.
 
-
-def train_models(cfg: dict, data: dict, device: str, checkpoint_root: str | os.PathLike | None = None,
-                 progress: bool = True, models=None) -> dict[str, TrainResult]:
-    """Train every model in ``cfg['models']`` with the same settings and seed; returns name -> TrainResult."""
-    seed = int(cfg.get("seed", 0))
+    With a :class:`RunState`, each model checkpoints to ``state.checkpoint(prefix + name)`` and a rerun
+    resumes it (a finished model is only restored).
+    """
+    seed = int(cfg["seed"])
     results = {}
-    for name in check_models(models or cfg["models"]):
+    for name in models or cfg["models"]:
         torch.manual_seed(seed)  # same initialisation stream for every model
         model = build_model(name, **model_options(cfg, name))
         settings = train_settings(cfg, len(data["train"]["images"]), device, seed)
-        ckpt = Path(checkpoint_root) / name if checkpoint_root else None
-        results[name] = train(model, data["train"], data["val"], settings, checkpoint_dir=ckpt,
+        ckpt = state.checkpoint(prefix + name) if state is not None else None
+        results[name] = train(model, data["train"], data["val"], settings, checkpoint_dir=ckpt.with_suffix("") if ckpt else None,
                               progress=progress, desc=TITLES[name], model_config=model_options(cfg, name))
     return results
+
+
+def stopped_early(trained: dict[str, FitResult]) -> dict[str, str]:
+    """Models whose time cap stopped them: name -> 'N of M steps' (the chapter says so next to their numbers)."""
+    return {m: f"{r.steps:,} of {r.settings['loop']['steps']:,} steps" for m, r in trained.items()
+            if r.stopped_by != "steps"}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -248,7 +248,7 @@ def summarize(evals: dict[str, Evaluation], data: dict, n_boot: int = 1000, seed
                       f"GED@{ev.sample_counts[0]}": g1.mean, f"GED@{ev.sample_counts[j]}": gt.mean,
                       f"GED@{ev.sample_counts[j]} low": gt.low, f"GED@{ev.sample_counts[j]} high": gt.high,
                       "GED@max": gl.mean, "max samples": ev.sample_counts[-1], f"diversity@{ev.sample_counts[j]}": dv.mean,
-                      "HM-IoU": hm.mean, "eval seconds": round(ev.seconds, 1)})
+                      "HM-IoU": hm.mean, "HM-IoU low": hm.low, "HM-IoU high": hm.high, "eval seconds": round(ev.seconds, 1)})
         for k in range(int(marked.max()) + 1):
             sel = marked == k
             if sel.any():
@@ -339,178 +339,185 @@ def oracle_check(model, ds, data: dict, sample_counts, device: str, seed: int) -
     return pd.DataFrame(rows)
 
 
-# ----------------------------------------------------------------------------- long run (command line)
+# ----------------------------------------------------------------------------- the experiment (notebook and command line)
+
+CODE_FILES = ("medad/models/prob_unet.py", "medad/models/seg_baselines.py", "medad/models/unet.py",
+              "medad/models/ambiguous.py", "medad/models/segmentation_common.py", "medad/metrics/ged.py",
+              "medad/metrics/bootstrap.py", "medad/train/segmentation.py", "medad/train/prob_unet_experiment.py",
+              "medad/experiment/loop.py", "medad/experiment/precision.py", f"medad/profiles/{CHAPTER}.yml")
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+def oracle_config(cfg: dict) -> dict:
+    """The main parameters with the oracle check's own network, schedule and slice counts."""
+    return {**cfg, "channels": cfg["oracle_channels"] or cfg["channels"], "iterations": cfg["oracle_iterations"],
+            "epochs": None, "val_every": cfg["oracle_val_every"],
+            "val_select_slices": min(cfg["val_select_slices"], cfg["oracle_val_slices"]),
+            "train_slices": None, "val_slices": None, "test_slices": None}
 
 
-def code_digest() -> str:
-    """SHA-256 of the chapter's own code and profile (the run may start before they are committed)."""
-    package = REPO_ROOT / "medad"
-    files = sorted(package.glob("models/*.py")) + sorted(package.glob("metrics/*.py")) + sorted(package.glob("train/*.py"))
-    return provenance.files_digest(files + [package / "profiles" / f"{CHAPTER}.yml"])
+def run_oracle(cfg: dict, opener, state: RunState | None, device: str, progress: bool = True,
+               model=None, synthetic: dict | None = None) -> tuple["pandas.DataFrame", dict]:
+    """The synthetic oracle check: a Prob. U-Net on synthetic LIDC against the oracle sampler.
+
+    ``model``/``synthetic``: reuse a Prob. U-Net already trained on synthetic data (the chapter on
+    the embedded default); otherwise one is trained on ``oracle_*_slices`` synthetic slices with
+    the ``oracle_*`` schedule. Returns the table and the training summary.
+    """
+    seed = int(cfg["seed"])
+    ocfg = oracle_config(cfg)
+    summary = {}
+    if model is None:
+        n = {"train": cfg["oracle_train_slices"], "val": cfg["oracle_val_slices"], "test": cfg["oracle_test_slices"]}
+        syn = {s: opener("lidc", s, synthetic=True, n=n[s]) for s in ("train", "val", "test")}
+        synthetic = {"datasets": syn, "data": prepare_data(syn, ocfg)}
+        fitted = train_models(ocfg, synthetic["data"], device, state, progress, models=["prob_unet"], prefix="oracle-")
+        model = fitted["prob_unet"].model
+        summary = {**fitted["prob_unet"].summary(), "validations": fitted["prob_unet"].validations}
+    table = oracle_check(model, synthetic["datasets"]["test"], synthetic["data"]["test"], cfg["sample_counts"],
+                         device, seed + 11)
+    return table, {"training": summary, "slices": {s: len(d["images"]) for s, d in synthetic["data"].items()}}
 
 
-def chapter_commit() -> str:
-    """HEAD's hash, marked '+uncommitted' when the chapter's own files are untracked or modified."""
-    import subprocess
-
-    from medad import provenance
-    from medad.paths import REPO_ROOT
-
-    commit = provenance.git_commit()
-    paths = ["medad/models", "medad/metrics", "medad/train", f"medad/profiles/{CHAPTER}.yml"]
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=REPO_ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return commit
-    return commit if not dirty or commit.endswith("+uncommitted") else commit + "+uncommitted"
-
-
-def run_long(profile: str, data_dir: str | None, name: str, threads: int, device: str | None, out_root: Path,
-             checkpoint_root: Path, models=None) -> Path:
-    """Train and evaluate every model of ``profile``; write results.json, per_slice.npz and provenance.json."""
-    import medad.profiles as profiles
-    from medad import provenance
-    from medad.data import open_dataset
-    from medad.runtime import device_description, resolve_device, seed_everything
-
-    cfg = profiles.resolve_named(CHAPTER, profile, {"threads": threads, "device": device, "models": models}, drop=("oracle",))
-    threads = cfg.get("threads") or 1
-    torch.set_num_threads(threads)
-    seed = int(cfg.get("seed", 0))
-    dev = resolve_device(device or cfg.get("device", "auto"))
-    seed_everything(seed)
-    started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), chapter_commit()
-    datasets = {s: open_dataset("lidc", s, data_dir, seed=seed) for s in ("train", "val", "test")}
+def open_and_prepare(cfg: dict, opener) -> tuple[dict, dict]:
+    """The three LIDC splits opened through ``opener`` and prepared (crop, subsets) as ``cfg`` says."""
+    datasets = {s: opener("lidc", s) for s in ("train", "val", "test")}
     data = prepare_data(datasets, cfg)
-    trained = train_models(cfg, data, dev, checkpoint_root=checkpoint_root / name, progress=True)
+    for split, d in data.items():
+        how = "all" if len(d["images"]) == len(datasets[split]) else ("random slices" if split == "train" else cfg["eval_subset"])
+        opener.note_subset(datasets[split], len(d["images"]), f"{how}, central {cfg['crop']} px" if cfg["crop"] else how)
+    return datasets, data
+
+
+def run_experiment(cfg: dict, opener, state: RunState | None = None, device: str = "cpu", progress: bool = True,
+                   oracle: bool = True, prepared: tuple[dict, dict] | None = None) -> dict:
+    """The whole chapter: data, every model trained and selected on validation, test evaluation, oracle check.
+
+    Called by the notebook (``opener`` = the chapter run's; ``prepared`` = :func:`open_and_prepare`'s result
+    when the notebook already has the data) and by the command line. Returns the
+    prepared data, the fitted models, the evaluations and their tables, the oracle table, and the
+    ``results`` mapping written as ``results.json`` by a committed run.
+    """
+    seed = int(cfg["seed"])
+    datasets, data = prepared or open_and_prepare(cfg, opener)
+    trained = train_models(cfg, data, device, state, progress)
+    pick = example_slices(data["test"])
     counts = cfg["sample_counts"]
     evals = {}
-    pick = example_slices(data["test"])
-    for mname, res in trained.items():
-        mc = [c for c in counts if c <= int(cfg.get("max_samples", {}).get(mname, max(counts)))]
-        evals[mname] = evaluate_model(res.model, data["test"], mc, dev, seed + 7, cfg.get("hm_iou_samples", 16),
-                                      keep_examples=pick.values(), progress=True, desc=f"test {TITLES[mname]}")
-    curve, table, by_graders = summarize(evals, data["test"], cfg.get("n_boot", 1000), seed, cfg.get("table_samples", 16))
-    out = out_root / name
-    out.mkdir(parents=True, exist_ok=True)
+    for name, res in trained.items():
+        limit = int(cfg["max_samples"].get(name, max(counts)))
+        evals[name] = evaluate_model(res.model, data["test"], [c for c in counts if c <= limit], device, seed + 7,
+                                     cfg["hm_iou_samples"], keep_examples=pick.values(), progress=progress,
+                                     desc=f"test {TITLES[name]}")
+    curve, table, by_graders = summarize(evals, data["test"], cfg["n_boot"], seed, cfg["table_samples"])
+    oracle_table, oracle_info = (None, {})
+    if oracle:
+        reuse = datasets["train"].synthetic and "prob_unet" in trained
+        oracle_table, oracle_info = run_oracle(cfg, opener, state, device, progress,
+                                               model=trained["prob_unet"].model if reuse else None,
+                                               synthetic={"datasets": datasets, "data": data} if reuse else None)
     results = {
-        "run": name, "profile": profile, "config": cfg,
+        "config": dict(cfg),
         "data": {s: {"slices": int(len(d["images"])), "patients": int(len(np.unique(d["groups"]))),
-                     "crop": cfg.get("crop"), "synthetic": bool(datasets[s].synthetic)} for s, d in data.items()},
-        "training": {m: {**r.summary(), "val_history": r.val_history,
-                         "loss_history": r.history[:: max(1, len(r.history) // 60)]} for m, r in trained.items()},
+                     "crop": cfg["crop"], "synthetic": bool(datasets[s].synthetic)} for s, d in data.items()},
+        "training": {m: {**r.summary(), "best_step": r.best_step, "best_val_ged": r.best["val_ged"]["value"],
+                         "val_history": r.validations, "loss_history": r.history[:: max(1, len(r.history) // 60)]}
+                     for m, r in trained.items()},
         "curve": curve.to_dict(orient="records"), "table": table.to_dict(orient="records"),
         "by_graders": by_graders.to_dict(orient="records"),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
-    np.savez_compressed(out / "per_slice.npz", groups=data["test"]["groups"], graders_marked=grader_counts(data["test"]),
-                        **{f"ged_{m}": e.ged.astype(np.float16) for m, e in evals.items()},
-                        **{f"counts_{m}": np.array(e.sample_counts) for m, e in evals.items()},
-                        **{f"hm_iou_{m}": e.hm_iou.astype(np.float16) for m, e in evals.items()},
-                        **{f"diversity_{m}": e.diversity.astype(np.float16) for m, e in evals.items()})
-    save_examples(out / "examples.npz", data["test"], pick, evals)
-    prov = {
-        "chapter": CHAPTER, "run": name, "commit": commit, "code_sha256": digest,
-        "profile": profile, "seed": seed,
-        "device": device_description(dev), "threads": threads, "started": started, "finished": provenance.now_utc(),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "data": [ds.provenance() for ds in datasets.values()], "environment": provenance.environment(),
-        "command": "python -m medad.train.prob_unet_experiment " + " ".join(
-            f"--{k} {v}" for k, v in (("profile", profile), ("name", name), ("threads", threads)) if v),
-    }
-    (out / "provenance.json").write_text(json.dumps(prov, indent=1, default=_json_default))
-    return out
+    return {"datasets": datasets, "data": data, "trained": trained, "evals": evals, "pick": pick, "curve": curve,
+            "table": table, "by_graders": by_graders, "oracle": oracle_table, "oracle_info": oracle_info,
+            "results": results, "stopped_early": stopped_early(trained)}
 
 
-def run_oracle(profile: str, name: str, threads: int, device: str | None, out_root: Path, checkpoint_root: Path) -> Path:
-    """The synthetic oracle check with a longer schedule: train a Prob. U-Net on synthetic LIDC, compare with the oracle.
+def tidy_rows(results: dict, oracle: "pandas.DataFrame | None" = None, oracle_slices: int = 0) -> list[dict]:
+    """One tidy row (:mod:`medad.results`) per number of a run's ``results`` and its oracle table."""
+    from medad.results import row
 
-    Settings: the profile's values overridden by its ``oracle`` mapping. Writes ``oracle.json``
-    (table, training summary and provenance) next to the run's other result files.
-    """
-    import medad.profiles as profiles
-    from medad import provenance
-    from medad.data import open_dataset
-    from medad.runtime import device_description, resolve_device, seed_everything
-
-    overrides = {**(profiles.load(CHAPTER)[profile].get("oracle") or {}), "threads": threads, "device": device}
-    cfg = profiles.resolve_named(CHAPTER, profile, overrides, drop=("oracle",))
-    threads = cfg.get("threads") or 1
-    torch.set_num_threads(threads)
-    seed = int(cfg.get("seed", 0))
-    dev = resolve_device(device or cfg.get("device", "auto"))
-    seed_everything(seed)
-    started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), chapter_commit()
-    n = {"train": cfg.get("oracle_train_slices", 400), "val": cfg.get("oracle_val_slices", 100), "test": cfg.get("oracle_test_slices", 100)}
-    syn = {s: open_dataset("lidc", s, None, synthetic=True, seed=seed, n=n[s]) for s in ("train", "val", "test")}
-    data = prepare_data(syn, {**cfg, "train_slices": None, "val_slices": None, "test_slices": None})
-    res = train_models(cfg, data, dev, checkpoint_root=checkpoint_root / f"{name}-oracle", models=["prob_unet"])["prob_unet"]
-    table = oracle_check(res.model, syn["test"], data["test"], cfg["sample_counts"], dev, seed + 11)
-    out = out_root / name
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "run": name, "profile": profile, "data": "synthetic LIDC (medad.data.synthetic.synthetic_lidc)", "config": cfg,
-        "slices": {s: len(d["images"]) for s, d in data.items()}, "training": {**res.summary(), "val_history": res.val_history},
-        "table": table.to_dict(orient="records"),
-        "provenance": {"commit": commit, "code_sha256": digest, "device": device_description(dev),
-                       "threads": threads, "seed": seed, "started": started, "finished": provenance.now_utc(),
-                       "seconds": round(time.perf_counter() - t0, 1), "data": [d.provenance() for d in syn.values()]},
-    }
-    (out / "oracle.json").write_text(json.dumps(payload, indent=1, default=_json_default))
-    return out
+    dataset = "synthetic LIDC" if results["data"]["test"]["synthetic"] else "LIDC"
+    cfg = results["config"]
+    ts = cfg.get("table_samples", 16)
+    rows = []
+    for c in results["curve"]:
+        setting = f"{c['samples']} samples"
+        rows.append(row(dataset, setting, c["title"], "GED", c["mean"], c["low"], c["high"], n=c["n"]))
+        rows.append(row(dataset, setting, c["title"], "GED, official convention (non-NaN slices)",
+                        c["official_nanmean"], n=c["n"]))
+        rows.append(row(dataset, setting, c["title"], "NaN slices, official convention", c["official_nan_fraction"], n=c["n"]))
+    n_test = results["data"]["test"]["slices"]
+    for t in results["table"]:
+        rows.append(row(dataset, f"{ts} samples", t["title"], "sample diversity", t[f"diversity@{ts}"], n=n_test))
+        rows.append(row(dataset, f"{cfg.get('hm_iou_samples', 16)} samples", t["title"], "HM-IoU", t["HM-IoU"],
+                        t.get("HM-IoU low", math.nan), t.get("HM-IoU high", math.nan), n=n_test))
+    for b in results["by_graders"]:
+        rows.append(row(dataset, f"{b['samples']} samples, {b['graders']} graders marked", b["title"], "GED",
+                        b["mean"], b["low"], b["high"], n=b["n"]))
+    for model, t in results["training"].items():
+        rows.append(row(dataset, f"step {t['best_step']} of {t['steps']} kept", TITLES.get(model, model),
+                        "validation GED", t["best_val_ged"], n=cfg.get("val_select_slices", 0)))
+    if oracle is not None:
+        for o in oracle.to_dict(orient="records"):
+            rows.append(row("synthetic LIDC", f"{o['samples']} samples, {o['reference']}", o["sampler"], "GED",
+                            o["ged"], n=oracle_slices))
+    return rows
 
 
-def check_run_name(name: str) -> str:
-    """A run name becomes a folder name: letters, digits, '.', '_' and '-' only."""
-    import re
+def schedule_text(results: dict, oracle_info: dict | None, threads: int) -> str:
+    """A few words that say how long and how big the run was, taken from its own numbers."""
+    cfg = results["config"]
+    steps = sorted({t["steps"] for t in results["training"].values()})
+    iters = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}–{steps[-1]:,}"
+    crop = f"{cfg['crop']}x{cfg['crop']} px crops" if cfg.get("crop") else "whole 128x128 slices"
+    minutes = sum(t["seconds"] for t in results["training"].values()) / 60
+    text = (f"{iters} iterations per model, batch {cfg['batch_size']}, channels {'-'.join(map(str, cfg['channels']))}, "
+            f"{crop}, {results['data']['train']['slices']:,} training slices, {cfg['precision']}"
+            f"{', channels-last' if cfg['channels_last'] else ''}, {threads} CPU thread(s), {minutes:.0f} min of training")
+    if oracle_info and oracle_info.get("training"):
+        text += f"; synthetic oracle check {oracle_info['training']['steps']:,} iterations"
+    return text
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
-        raise ConfigError(f"--name {name!r}: a run name is a folder name; use letters, digits, '.', '_' and '-'")
-    return name
+
+def write_committed(record: RunRecord, out: dict) -> Path:
+    """The run's folder: table.csv, provenance.json, results.json, per_slice.npz, examples.npz, oracle.json."""
+    from medad.experiment.checkpoint import atomic_write_json
+    from medad.experiment.precision import describe
+
+    evals, test = out["evals"], out["data"]["test"]
+    oracle_slices = out["oracle_info"].get("slices", {}).get("test", 0)
+
+    def per_slice(path: Path) -> None:
+        np.savez_compressed(path, groups=test["groups"], graders_marked=grader_counts(test),
+                            **{f"ged_{m}": e.ged.astype(np.float16) for m, e in evals.items()},
+                            **{f"counts_{m}": np.array(e.sample_counts) for m, e in evals.items()},
+                            **{f"hm_iou_{m}": e.hm_iou.astype(np.float16) for m, e in evals.items()},
+                            **{f"diversity_{m}": e.diversity.astype(np.float16) for m, e in evals.items()})
+
+    files = {"results.json": lambda p: atomic_write_json(p, {"run": record.name, "profile": record.profile, **out["results"]}),
+             "per_slice.npz": per_slice,
+             "examples.npz": lambda p: save_examples(p, test, out["pick"], evals)}
+    if out["oracle"] is not None:
+        files["oracle.json"] = lambda p: atomic_write_json(p, {"data": "synthetic LIDC (medad.data.synthetic.synthetic_lidc)",
+                                                               **out["oracle_info"], "table": out["oracle"].to_dict(orient="records")})
+    cfg = out["results"]["config"]
+    return record.write(tidy_rows(out["results"], out["oracle"], oracle_slices),
+                        schedule_text(out["results"], out["oracle_info"], record.threads),
+                        precision=describe(cfg["precision"], cfg["channels_last"]),
+                        extra={"stopped_early": out["stopped_early"]}, files=files)
 
 
-@command_line("python -m medad.train.prob_unet_experiment",
-              on_interrupt="finished models and checkpoints are kept; to resume, rerun")
 def main(argv=None) -> None:
-    import shutil
+    args = cli.parser(CHAPTER, "Train and evaluate the Prob. U-Net chapter's models; write results/prob_unet/<name>/")
+    args.add_argument("--models", default=None, help="comma-separated subset of the profile's models")
+    args.add_argument("--no-oracle", action="store_true", help="skip the synthetic oracle check")
+    ns = args.parse_args(argv)
+    record = cli.make_record(CHAPTER, ns, code_files=CODE_FILES, overrides={"models": cli.name_list(ns.models, "--models")})
+    out = run_experiment(record.config, record.opener, record.state, record.device, progress=True, oracle=not ns.no_oracle)
+    for model, note in out["stopped_early"].items():
+        print(f"{TITLES[model]}: stopped by the time cap after {note}")
+    print(f"results written to {write_committed(record, out)}")
 
-    from medad.paths import REPO_ROOT, RESULTS_DIR
 
-    ap = argparse.ArgumentParser(description="Train and evaluate the Prob. U-Net chapter's models; write results/prob_unet/<name>/")
-    ap.add_argument("--profile", default="long_cpu", help="a mapping in medad/profiles/prob_unet.yml (long_cpu, full, quick)")
-    ap.add_argument("--data-dir", default=None, help="folder with the archives (default: $MEDAD_DATA; none -> synthetic)")
-    ap.add_argument("--name", required=True, help="run name: results/prob_unet/<name>/")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch (>= 1)")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--models", default=None, help="comma-separated subset of the profile's models")
-    ap.add_argument("--checkpoints", default=str(REPO_ROOT / "runs" / "prob_unet-checkpoints"),
-                    help="checkpoint folder (not committed); a rerun with the same name and settings resumes")
-    ap.add_argument("--fresh", action="store_true", help="delete this run's checkpoints first and train from scratch")
-    ap.add_argument("--stage", choices=("main", "oracle", "all"), default="all",
-                    help="main: LIDC models; oracle: the synthetic oracle check (profile's `oracle` settings); all: both")
-    args = ap.parse_args(argv)
-    check_run_name(args.name)
-    if args.fresh:
-        for folder in (Path(args.checkpoints) / args.name, Path(args.checkpoints) / f"{args.name}-oracle"):
-            if folder.is_dir():
-                shutil.rmtree(folder)
-                print(f"--fresh: removed {folder}")
-    if args.stage in ("main", "all"):
-        out = run_long(args.profile, args.data_dir, args.name, args.threads, args.device, RESULTS_DIR / CHAPTER,
-                       Path(args.checkpoints), models=args.models.split(",") if args.models else None)
-        print(f"results written to {out}")
-    if args.stage in ("oracle", "all"):
-        out = run_oracle(args.profile, args.name, args.threads, args.device, RESULTS_DIR / CHAPTER, Path(args.checkpoints))
-        print(f"oracle check written to {out / 'oracle.json'}")
+main = cli.main_for(CHAPTER, main, on_interrupt="finished models and checkpoints are kept; to resume, rerun")
 
 
 if __name__ == "__main__":

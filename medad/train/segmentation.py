@@ -1,38 +1,39 @@
-"""Training loop for the ambiguous-segmentation models (Probabilistic U-Net and baselines).
+"""Training of the ambiguous-segmentation models (Probabilistic U-Net and baselines) on the shared loop.
 
-- batches of ``batch_size`` slices drawn at random; each model picks a random grader's mask
-  per slice and step (the paper's protocol, inside ``model.loss``);
-- Adam with a piecewise-constant learning rate (the official schedule: 1e-4, then 5e-5, 1e-5,
-  5e-7 at 1/3, 2/3 and all of the iterations) and the official L2 weight penalty (1e-5 x sum w^2 / 2);
-- validation GED on a fixed subset of the validation split every ``val_every`` steps; the
-  weights with the lowest validation GED are the ones returned (model selection never sees test);
-- a checkpoint (``last.pt``: weights, optimiser, every random-number state, history, best
-  weights, the run's settings) every ``checkpoint_every`` steps, and resumption from it: on the
-  CPU a resumed run reproduces the uninterrupted one exactly. A checkpoint written under other
-  settings (schedule, seed, data, model) is refused with the differences named, never resumed
-  under the new ones; temporary files of an interrupted save are removed at the next start;
-- a non-finite loss stops training with :class:`NonFiniteLossError` instead of training on NaN.
+:class:`AmbiguousSegmentationTask` is the chapter's :class:`medad.experiment.loop.Task`:
+
+- every step draws ``batch_size`` slices at random (without replacement within the batch); each model
+  picks a random grader's mask per slice and step (the paper's protocol, inside ``model.loss``);
+- Adam with a piecewise-constant learning rate (the official schedule: 1e-4, then 5e-5, 1e-5, 5e-7
+  at 1/3, 2/3 and all of the iterations: :meth:`TrainSettings.lr_at`) and the official L2 weight
+  penalty (1e-5 x sum w^2 / 2, logged as ``penalty``);
+- validation GED on a fixed subset of the validation split every ``val_every`` steps (all pairs,
+  d(empty, empty) = 0, its own random stream so it never shifts training's); the weights with the
+  lowest validation GED are the ones returned: model selection never sees the test split.
+
+The loop (:func:`medad.experiment.loop.fit`) owns precision, checkpoints (``<checkpoint_dir>/last.pt``),
+resumption (exact on the CPU; refused under other settings, with the differences named), the
+progress bar, timing and the time cap. :func:`train` is the one call the chapter makes.
 """
 from __future__ import annotations
 
-import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from medad.errors import ConfigError, MedadError
-from medad.experiment.precision import as_input, autocast, check_precision, memory_format
+from medad.errors import ConfigError
+from medad.experiment.checkpoint import fingerprint
+from medad.experiment.loop import FitResult, LoopSettings, NonFiniteLossError, Task, fit
+from medad.experiment.precision import as_input, check_precision
 from medad.metrics.ged import distance_matrices, ged_from_distances
 from medad.models.segmentation_common import l2_penalty
 
-
-class NonFiniteLossError(MedadError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+__all__ = ["TrainSettings", "AmbiguousSegmentationTask", "train", "sample_all", "validation_ged", "to_batch",
+           "NonFiniteLossError", "FitResult"]
 
 
 @dataclass
@@ -46,7 +47,7 @@ class TrainSettings:
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | bf16 autocast (KL and cross-entropy stay float32), CPU and CUDA
     channels_last: bool = False  # NHWC weights and batches (faster convolutions under bf16)
-    checkpoint_every: int = 0  # 0: no periodic checkpoints
+    checkpoint_every: int = 0  # 0: at every validation (or only at the end without validations)
     val_every: int = 0  # 0: validate once, at the end
     val_slices: int = 200
     val_samples: int = 16
@@ -63,27 +64,21 @@ class TrainSettings:
         if list(self.lr_boundaries) != sorted(self.lr_boundaries):
             raise ConfigError(f"lr_boundaries must be increasing, got {self.lr_boundaries}")
 
-    def lr_at(self, step: int) -> float:
-        k = sum(step >= b * self.iterations for b in self.lr_boundaries)
+    def lr_at(self, step: int, iterations: int | None = None) -> float:
+        """The piecewise-constant rate of ``step`` in a schedule of ``iterations`` steps (default: this one's)."""
+        total = self.iterations if iterations is None else iterations
+        k = sum(step >= b * total for b in self.lr_boundaries)
         return float(self.lr_values[k])
 
+    def block(self) -> int:
+        """Steps per "epoch" of this step-based schedule: the validation interval (or 1,000 without one)."""
+        return self.val_every or 1000
 
-@dataclass
-class TrainResult:
-    model: torch.nn.Module
-    history: list = field(default_factory=list)
-    val_history: list = field(default_factory=list)
-    best_step: int = 0
-    best_val_ged: float = float("nan")
-    steps: int = 0
-    seconds: float = 0.0
-    stopped_by: str = "iterations"
-    settings: dict = field(default_factory=dict)
-
-    def summary(self) -> dict:
-        return {"steps": self.steps, "best_step": self.best_step, "best_val_ged": self.best_val_ged,
-                "seconds": round(self.seconds, 1), "stopped_by": self.stopped_by,
-                "parameters": sum(p.numel() for p in self.model.parameters())}
+    def loop(self) -> LoopSettings:
+        return LoopSettings(steps=self.iterations, seed=self.seed, device=self.device, precision=self.precision,
+                            channels_last=self.channels_last, validate_every=self.val_every or None,
+                            checkpoint_every=self.checkpoint_every or (self.val_every or None), log_every=self.log_every,
+                            max_minutes=self.max_minutes, grad_clip=self.grad_clip, select="val_ged", mode="min")
 
 
 def to_batch(data: dict, index, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,185 +120,81 @@ def validation_ged(model, data: dict, index, n_samples: int, device: str, seed: 
     return float(ged_from_distances(distance_matrices(samples, graders, device=device)).mean())
 
 
-def data_fingerprint(data: dict) -> str:
-    """A cheap identity of a training set (shape and a hash of a few slices), stored in checkpoints."""
+class AmbiguousSegmentationTask(Task):
+    """One ambiguous-segmentation model (it needs ``loss`` and ``sample``) on grader-labelled slices.
+
+    An "epoch" of this task is the block of steps between two validations (its batches are drawn at
+    its start from the run's generator, the same draws, in the same order, as one per step).
+    """
+
+    def __init__(self, model: torch.nn.Module, train_data: dict, val_data: dict, settings: TrainSettings,
+                 name: str = "train", model_config: dict | None = None):
+        _check_data(train_data, "train_data")
+        _check_data(val_data, "val_data")
+        self.model, self.train_data, self.val_data, self.s, self.name = model, train_data, val_data, settings, name
+        self.model_config = dict(model_config or {})
+        torch.manual_seed(settings.seed)  # MC dropout draws from the global stream: start it from the seed
+        self.gen = torch.Generator(device=settings.device).manual_seed(settings.seed)
+        n_val = len(val_data["images"])
+        self.val_index = np.sort(np.random.default_rng(settings.seed + 1).permutation(n_val)[: settings.val_slices])
+
+    def optimizers(self):
+        return [torch.optim.Adam(self.model.parameters(), lr=self.s.lr_at(0))]
+
+    def steps_per_epoch(self) -> int:
+        return self.s.block()
+
+    def epoch_batches(self, epoch: int, rng: np.random.Generator) -> list:
+        n = len(self.train_data["images"])
+        size = min(self.s.batch_size, n)
+        return [np.sort(rng.choice(n, size=size, replace=False)) for _ in range(self.steps_per_epoch())]
+
+    def lr(self, step: int, total_steps: int) -> float:
+        return self.s.lr_at(step, total_steps)
+
+    def loss(self, batch, rng) -> dict[str, torch.Tensor]:
+        images, masks = to_batch(self.train_data, batch, self.device)
+        out = self.model.loss(as_input(images, self.channels_last), masks, generator=self.gen)
+        terms = {f"model_{k}" if k == "loss" else k: v for k, v in out.items()}
+        if self.s.weight_decay:
+            terms["penalty"] = self.s.weight_decay * l2_penalty(self.model)
+            terms["loss"] = out["loss"] + terms["penalty"]
+        else:
+            terms["loss"] = out["loss"]
+        return terms
+
+    def validate(self) -> dict:
+        return {"val_ged": validation_ged(self.model, self.val_data, self.val_index, self.s.val_samples,
+                                          self.device, self.s.seed + 2)}
+
+    def settings(self) -> dict:
+        keep = {k: v for k, v in asdict(self.s).items() if k not in ("iterations", "device", "checkpoint_every",
+                                                                     "log_every", "max_minutes")}
+        return {"model": getattr(self.model, "kind", type(self.model).__name__), "model_config": self.model_config,
+                "schedule": keep, "data": fingerprint(self.train_data["images"], self.train_data["grader_masks"]),
+                "layout": _layout(self.model)}
+
+    def generators(self) -> dict:
+        return {"sampling": self.gen}
+
+
+def _layout(model: torch.nn.Module) -> str:
+    """The network's shape in a few words (tensor count, weights, a digest of every tensor's name and shape)."""
     import hashlib
 
-    images = data["images"]
-    probe = images[:: max(1, len(images) // 16)]
-    return f"{images.shape}:{hashlib.sha256(np.ascontiguousarray(probe).tobytes()).hexdigest()[:16]}"
-
-
-# Settings that may change between a run and its resumption: they do not alter what is trained.
-# (`iterations` may grow too, when the learning rates of the steps already done stay the same.)
-RESUMABLE_CHANGES = {"device", "checkpoint_every", "log_every", "max_minutes", "iterations"}
-
-
-def settings_differences(saved: dict, now: dict) -> list[str]:
-    """'name: old -> new' for every setting that differs (lists and tuples compare alike)."""
-    def norm(value):
-        return list(value) if isinstance(value, (list, tuple)) else value
-
-    return [f"{k}: {norm(saved.get(k))} -> {norm(now.get(k))}" for k in sorted(set(saved) | set(now))
-            if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(now.get(k))]
-
-
-def _check_resumable(ck: dict, ckpt_path: Path, model, settings: dict, model_config: dict, data: str) -> None:
-    """Refuse a checkpoint written for another model, schedule, seed or training set."""
-    differences = []
-    if ck["kind"] != getattr(model, "kind", type(model).__name__):
-        differences.append(f"model: {ck['kind']} -> {getattr(model, 'kind', type(model).__name__)}")
-    saved = ck.get("settings", {})
-    differences += settings_differences(saved, settings)
-    if saved.get("iterations", settings["iterations"]) != settings["iterations"]:
-        before = TrainSettings(**{**settings, **{k: v for k, v in saved.items() if k in settings}})
-        now = TrainSettings(**settings)
-        if now.iterations < ck["step"] or any(before.lr_at(k) != now.lr_at(k) for k in range(ck["step"])):
-            differences.append(f"iterations: {before.iterations} -> {now.iterations}, which changes the "
-                               f"learning rates of the {ck['step']} steps already done")
-    differences += settings_differences(ck.get("model_config", {}), model_config) if "model_config" in ck else []
-    if ck.get("data") != data:
-        differences.append(f"other training data ({ck.get('data')} -> {data})")
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    saved_shapes = ck.get("shapes", shapes)  # checkpoints from before shapes were stored: load_state_dict checks
-    changed = sorted(k for k in set(shapes) | set(saved_shapes) if saved_shapes.get(k) != shapes.get(k))
-    if changed:
-        differences.append(f"network layout: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
-    if differences:
-        raise _refuse(ckpt_path, "; ".join(differences))
-
-
-def _refuse(ckpt_path: Path, differences: str) -> ConfigError:
-    return ConfigError(
-        f"{ckpt_path} is a checkpoint of a run with other settings ({differences}); resuming it would mix the two. "
-        f"To start afresh, delete {ckpt_path.parent} (from the command line: add --fresh), "
-        "or give this run another name or checkpoint folder"
-    )
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:10]
+    return f"{len(shapes)} tensors, {sum(p.numel() for p in model.parameters()):,} weights, shapes {digest}"
 
 
 def train(model: torch.nn.Module, train_data: dict, val_data: dict, settings: TrainSettings,
-          checkpoint_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-          desc: str = "train", model_config: dict | None = None) -> TrainResult:
-    """Train ``model`` (it needs ``loss`` and ``sample``) and return it with the best validation weights loaded.
+          checkpoint_dir: str | os.PathLike | None = None, progress: bool = True, desc: str = "train",
+          model_config: dict | None = None) -> FitResult:
+    """Train ``model`` and return the :class:`FitResult` with the best validation weights loaded.
 
     ``model_config``: the options the model was built with, stored in the checkpoint so that a
     resumption with other options is refused by name (the layout is compared in any case).
     """
-    from tqdm.auto import tqdm
-
-    _check_data(train_data, "train_data")
-    _check_data(val_data, "val_data")
-    s = settings
-    device = s.device
-    memory_format(model.to(device), s.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr_at(0))
-    rng = np.random.default_rng(s.seed)
-    torch.manual_seed(s.seed)
-    gen = torch.Generator(device=device).manual_seed(s.seed)
-    val_index = np.sort(np.random.default_rng(s.seed + 1).permutation(len(val_data["images"]))[: s.val_slices])
-
-    step, elapsed, history, val_history = 0, 0.0, [], []
-    best = {"step": 0, "ged": float("inf"), "state": None}
-    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    model_config = json.loads(json.dumps(model_config or {}, default=str))
-    fingerprint = data_fingerprint(train_data)
-    if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in ckpt_path.parent.glob("*.tmp"):  # a save interrupted before its rename
-            stale.unlink()
-        if resume and ckpt_path.is_file():
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-            _check_resumable(ck, ckpt_path, model, asdict(s), model_config, fingerprint)
-            try:
-                model.load_state_dict(ck["model"])
-            except RuntimeError as exc:  # an old checkpoint of another layout (no stored shapes)
-                raise _refuse(ckpt_path, f"network layout: {str(exc).splitlines()[-1].strip()}") from None
-            opt.load_state_dict(ck["optimizer"])
-            rng.bit_generator.state = ck["numpy_rng"]
-            torch.set_rng_state(ck["torch_rng"])
-            if ck.get("cuda_rng") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(ck["cuda_rng"])
-            gen.set_state(ck["generator"].to(gen.get_state().device) if hasattr(ck["generator"], "to") else ck["generator"])
-            step, elapsed, history, val_history, best = ck["step"], ck["elapsed"], ck["history"], ck["val_history"], ck["best"]
-
-    def checkpoint() -> None:
-        if ckpt_path is None:
-            return
-        _save_atomic({
-            "kind": getattr(model, "kind", type(model).__name__), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if str(device).startswith("cuda") else None,
-            "generator": gen.get_state(), "step": step, "elapsed": elapsed, "history": history,
-            "val_history": val_history, "best": best, "settings": asdict(s), "data": fingerprint,
-            "model_config": model_config, "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
-        }, ckpt_path)
-
-    def validate() -> None:
-        ged = validation_ged(model, val_data, val_index, s.val_samples, device, s.seed + 2)
-        val_history.append({"step": step, "val_ged": ged})
-        if ged < best["ged"]:
-            best.update(step=step, ged=ged, state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        model.train()
-
-    n_train = len(train_data["images"])
-    t0 = time.perf_counter() - elapsed
-    stopped_by = "iterations"
-    running: dict[str, float] = {}
-    bar = tqdm(total=s.iterations, initial=step, desc=desc, disable=not progress, mininterval=5, leave=False)
-    model.train()
-    while step < s.iterations:
-        if s.max_minutes is not None and time.perf_counter() - t0 > 60 * s.max_minutes:
-            stopped_by = "time budget"
-            break
-        for group in opt.param_groups:
-            group["lr"] = s.lr_at(step)
-        index = np.sort(rng.choice(n_train, size=min(s.batch_size, n_train), replace=False))
-        images, masks = to_batch(train_data, index, device)
-        with autocast(device, s.precision):
-            out = model.loss(as_input(images, s.channels_last), masks, generator=gen)
-        loss = out["loss"] + s.weight_decay * l2_penalty(model) if s.weight_decay else out["loss"]
-        if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
-            raise NonFiniteLossError(f"{desc}: the loss became non-finite at step {step} ({terms}); "
-                                     f"lower the learning rate (now {s.lr_at(step):g}) or check the inputs")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        step += 1
-        for k, v in out.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
-        running["n"] = running.get("n", 0) + 1
-        if step % s.log_every == 0 or step == s.iterations:
-            n = running.pop("n")
-            history.append({"step": step, "lr": s.lr_at(step - 1), "seconds": round(time.perf_counter() - t0, 2),
-                            **{k: round(v / n, 5) for k, v in running.items()}})
-            running = {}
-            bar.set_postfix(loss=history[-1]["loss"], refresh=False)
-        if s.val_every and step % s.val_every == 0:
-            validate()
-            bar.set_postfix(loss=history[-1]["loss"] if history else None, val_ged=round(val_history[-1]["val_ged"], 4), refresh=False)
-        elapsed = time.perf_counter() - t0
-        if s.checkpoint_every and step % s.checkpoint_every == 0:
-            checkpoint()
-        bar.update(1)
-    bar.close()
-    if not val_history or val_history[-1]["step"] != step:
-        validate()
-    elapsed = time.perf_counter() - t0
-    checkpoint()
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        if ckpt_path is not None:
-            _save_atomic({"kind": getattr(model, "kind", ""), "model": best["state"], "step": best["step"], "val_ged": best["ged"]},
-                         ckpt_path.with_name("best.pt"))
-    model.eval()
-    return TrainResult(model=model, history=history, val_history=val_history, best_step=best["step"],
-                       best_val_ged=best["ged"], steps=step, seconds=elapsed, stopped_by=stopped_by, settings=asdict(s))
+    task = AmbiguousSegmentationTask(model, train_data, val_data, settings, desc, model_config)
+    checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    return fit(task, settings.loop(), checkpoint=checkpoint, progress=progress)
