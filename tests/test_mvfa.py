@@ -162,7 +162,9 @@ def test_combine_normalises_each_branch_over_the_chosen_images():
     expect_ref = 0.5 * (zero - rz.min()) / np.ptp(rz) + 0.5 * (few - rf.min()) / np.ptp(rf)
     assert np.allclose(M.combine(test, ref, False).image, expect_ref)
     pix = M.combine(test, ref, pixel_level=True, branch="zero")
-    assert np.allclose(pix.image, test.seg_zero.sum(1).reshape(6, -1).max(1))  # image score = max of the map
+    assert np.allclose(pix.image, test.det_zero.sum(1))  # zero-shot on masked data: the det branch (test_zero.py)
+    pix = M.combine(test, ref, pixel_level=True, branch="both")
+    assert np.allclose(pix.image, pix.maps.reshape(6, -1).max(1))  # few-shot on masked data: max of the map
     with pytest.raises(ConfigError):
         M.combine(test, None, False)  # reference normalisation needs reference scores
     with pytest.raises(ConfigError):
@@ -229,7 +231,8 @@ def test_few_shot_end_to_end_on_synthetic_data_with_both_selection_protocols(vit
         assert 0.0 <= table[key] <= 1.0, key
     assert table[("MVFA, checkpoint chosen on test", "image AUC")] >= table[
         ("MVFA, checkpoint chosen on validation (same run)", "image AUC")]
-    assert len(res.history["checks"]) == 2 and res.bank.size == 2 * 11 * 4  # K normal x 11 x 2x2 patches
+    # K normal x 11 augmentations x (class token + 2x2 patches): the official bank keeps the class token
+    assert len(res.history["checks"]) == 2 and res.bank.size == 2 * 11 * (1 + 4)
 
 
 def test_training_resumes_from_its_checkpoint(vit, fast_text, tmp_path):

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from medad.backbones.base import Backbone, BackboneWarning, ImageFeatures, Preprocess, TextTokens
+from medad.backbones.base import PROTOCOLS, Backbone, BackboneWarning, ImageFeatures, Preprocess, TextTokens, check_protocol
 from medad.backbones.weights import WeightsNotFound
 from medad.errors import ConfigError
 
@@ -126,7 +126,7 @@ def backbone_table() -> list[dict]:
 
 
 def load_backbone(name: str, pretrained=True, device: str = "cpu", *, seed: int = 0, freeze: bool = True,
-                  **options) -> Backbone:
+                  protocol: str = "corrected", **options) -> Backbone:
     """Build a registered backbone.
 
     name:       a registry name (``list_backbones()``)
@@ -135,6 +135,10 @@ def load_backbone(name: str, pretrained=True, device: str = "cpu", *, seed: int 
     device:     'cpu', 'cuda', 'auto', ...
     seed:       seeds any random initialisation, so it repeats exactly
     freeze:     backbone weights get no gradients and stay in eval mode (inserted modules still train)
+    protocol:   "corrected" (default): images normalised with the backbone's mean/std, CLIP with QuickGELU;
+                "official": MVFA-AD's run, images in [0, 1] without mean/std and CLIP's MLPs with nn.GELU
+                (stand-ins and CNNs have no GELU: only their input changes). Kept as ``backbone.protocol``;
+                ``backbone.protocol_description()`` says it in words.
     options:    per family: ``image_size``, ``levels``, ``resize`` ('crop' | 'squash'); CLIP also
                 ``quick_gelu``, ``cache_dir``, ``weights_only``; stand-ins ``refit``
     """
@@ -143,12 +147,15 @@ def load_backbone(name: str, pretrained=True, device: str = "cpu", *, seed: int 
     spec = get_spec(name)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
+    protocol = check_protocol(protocol, "load_backbone(protocol=...)")
     device = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.family == "clip":
             options.setdefault("seed", seed)
+            options["protocol"] = protocol  # the activation is part of the architecture: chosen when building
         backbone = spec.build(name, pretrained=pretrained, description=spec.description, **options)
+    backbone.apply_input_protocol(protocol)
     backbone = backbone.to(device)
     if freeze:
         backbone.freeze()
@@ -158,6 +165,6 @@ def load_backbone(name: str, pretrained=True, device: str = "cpu", *, seed: int 
 
 
 __all__ = [
-    "Backbone", "BackboneSpec", "BackboneWarning", "ImageFeatures", "Preprocess", "TextTokens", "WeightsNotFound",
-    "REGISTRY", "backbone_table", "get_spec", "list_backbones", "load_backbone",
+    "PROTOCOLS", "Backbone", "BackboneSpec", "BackboneWarning", "ImageFeatures", "Preprocess", "TextTokens",
+    "WeightsNotFound", "REGISTRY", "backbone_table", "get_spec", "list_backbones", "load_backbone",
 ]

@@ -18,7 +18,14 @@ and then only uses what is defined here:
   (CoOp, Zhou et al. IJCV 2022, Eq. 2; ViP's Context Prompt, MICCAI 2024);
 - ``embed_dim`` (joint space width), ``text_width`` (token embedding width),
   ``logit_scale``, and the provenance attributes ``description``,
-  ``weights_source``, ``pretrained`` and ``is_standin``.
+  ``weights_source``, ``pretrained``, ``is_standin`` and ``protocol``.
+
+``protocol`` (see :data:`PROTOCOLS`) says how the images reach the network:
+``"corrected"`` (default) normalises them with the backbone's own mean/std;
+``"official"`` feeds them in [0, 1] without mean/std, as MVFA-AD's data loader
+does (``dataset/medical_few.py``: ``Resize`` + ``ToTensor`` only). For CLIP the
+protocol also picks the MLP activation (:mod:`.clip_openclip`);
+``protocol_description()`` says in words what a backbone's protocol changed.
 
 Stage numbering is 1-based: stage ``s`` is the ``s``-th transformer block of a
 ViT, or the ``s``-th stage of a CNN. An inserted module always sees tokens
@@ -88,6 +95,15 @@ class TextTokens:
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# How images (and, for CLIP, the MLP activation) reach a backbone; see the module docstring.
+PROTOCOLS = ("corrected", "official")
+
+
+def check_protocol(protocol, what: str = "protocol") -> str:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{what} must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return protocol
+
 
 class Preprocess:
     """uint8 image -> normalised (3, S, S) float tensor.
@@ -108,6 +124,10 @@ class Preprocess:
 
     def __repr__(self) -> str:
         return f"Preprocess(size={self.size}, resize={self.resize!r}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+    def unnormalised(self) -> "Preprocess":
+        """The same resizing with images left in [0, 1] (mean 0, std 1): MVFA-AD's input, ``protocol="official"``."""
+        return Preprocess(self.size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), self.resize)
 
     @staticmethod
     def to_pil(image):
@@ -192,6 +212,8 @@ class Backbone(nn.Module, abc.ABC):
     weights_source: str = ""
     pretrained: bool = False
     is_standin: bool = False
+    protocol: str = "corrected"
+    activation: str | None = None  # the transformer MLP's activation where the protocol can switch it (CLIP), else None
     has_text: bool = False
     embed_dim: int = 0
     text_width: int = 0
@@ -219,8 +241,34 @@ class Backbone(nn.Module, abc.ABC):
             "stages": len(self.stage_widths),
             "default levels": list(self.default_levels),
             "weights": self.weights_source,
+            "protocol": self.protocol,
             "description": self.description,
         }
+
+    def protocol_description(self) -> str:
+        """One sentence: how images (and the activation, where there is one to switch) reach this backbone."""
+        if self.protocol == "official":
+            text = "official (MVFA-AD): images in [0, 1] without mean/std normalisation"
+            if self.activation is None:
+                return text + "; this network has no GELU to switch (its input is all that changes)"
+            return text + f"; MLP activation {self.activation}, as MVFA-AD builds the model"
+        mean, std = self.preprocess.mean.flatten().tolist(), self.preprocess.std.flatten().tolist()
+        text = (f"corrected: images normalised with the backbone's mean {[round(m, 4) for m in mean]} "
+                f"and std {[round(v, 4) for v in std]}")
+        return text if self.activation is None else text + f"; MLP activation {self.activation}, as the weights were trained"
+
+    def apply_input_protocol(self, protocol: str) -> None:
+        """Set ``protocol``; "official" leaves images in [0, 1] (see :meth:`Preprocess.unnormalised`).
+
+        Only the preprocessing changes here: fitted parts (a stand-in's DeViSE and level maps) stay
+        those of the correctly normalised network, as MVFA-AD's pretrained weights did.
+        """
+        protocol = check_protocol(protocol)
+        if self.protocol == "official" and protocol != "official":
+            raise ConfigError(f"backbone {self.name!r} already runs the official protocol; load it again for {protocol!r}")
+        if protocol == "official" and self.protocol != "official":
+            self._preprocess = self._preprocess.unnormalised()
+        self.protocol = protocol
 
     def __repr__(self) -> str:
         flag = " STAND-IN" if self.is_standin else ""

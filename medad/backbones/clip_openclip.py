@@ -15,6 +15,15 @@ earlier stages have none (``None``): a trainable adapter is needed there.
 
 Weights: a pretrained tag (``"openai"``) from a cache or a download, a local
 checkpoint file, or ``pretrained=None`` for random weights (tests only).
+
+Protocol (:data:`~medad.backbones.base.PROTOCOLS`): ``"corrected"`` (default)
+builds the MLPs of both towers with QuickGELU, the activation OpenAI's CLIP
+was trained with (open_clip's ``quick_gelu`` flag of the tag), and normalises
+images with CLIP's mean/std. ``"official"`` reproduces MVFA-AD's run: its
+``CLIP/clip.py`` rebuilds the 240 px model from the JSON config, which has no
+``quick_gelu``, so both towers use ``nn.GELU`` (``CLIP/model.py``:
+``QuickGELU if quick_gelu else nn.GELU``), and its data loader feeds images in
+[0, 1] without mean/std (``dataset/medical_few.py``). The weights are the same.
 """
 from __future__ import annotations
 
@@ -25,7 +34,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from medad.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, ImageFeatures, Preprocess, TextTokens, warn_random
+from medad.backbones.base import (OPENAI_MEAN, OPENAI_STD, Backbone, ImageFeatures, Preprocess, TextTokens, check_protocol,
+                                  warn_random)
 from medad.backbones.weights import WeightsNotFound, find_named_file, hf_cached_file, hub_reachable
 from medad.errors import ConfigError, MedadError
 
@@ -66,6 +76,17 @@ def cached_tag_file(arch: str, tag: str, cache_dir: str | None = None) -> Path |
         if local.is_file():
             return local
         return find_named_file([name])
+    return None
+
+
+def mlp_activation(model: nn.Module) -> str | None:
+    """"QuickGELU" or "nn.GELU": what the transformer MLPs of an open_clip model use (None if neither is found)."""
+    QuickGELU = _open_clip().transformer.QuickGELU
+    for module in model.modules():
+        if isinstance(module, QuickGELU):
+            return "QuickGELU"
+        if isinstance(module, nn.GELU):
+            return "nn.GELU"
     return None
 
 
@@ -148,6 +169,7 @@ class OpenCLIPBackbone(Backbone):
         cfg = getattr(visual, "preprocess_cfg", {}) or {}
         self._preprocess = Preprocess(image_size, cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD), resize)
         self._tokenizer = open_clip.get_tokenizer(arch)
+        self.activation = mlp_activation(model)
 
     # ---- image ------------------------------------------------------------------
     def grid(self, stage: int) -> tuple[int, int]:
@@ -273,10 +295,20 @@ class OpenCLIPBackbone(Backbone):
 def build_openclip(name: str, *, arch: str, default_tag: str, native_size: int, image_size: int | None = None,
                    levels: Sequence[int], description: str, pretrained=True, device: str = "cpu", seed: int = 0,
                    quick_gelu: bool | None = None, cache_dir: str | None = None, weights_only: bool = True,
-                   resize: str = "crop") -> OpenCLIPBackbone:
-    """Create the open_clip model, load weights (see :func:`resolve_clip_weights`), wrap it."""
+                   resize: str = "crop", protocol: str = "corrected") -> OpenCLIPBackbone:
+    """Create the open_clip model, load weights (see :func:`resolve_clip_weights`), wrap it.
+
+    protocol: "corrected" or "official" (module docstring); "official" means nn.GELU, so it
+              cannot be combined with ``quick_gelu=True``.
+    """
     open_clip = _open_clip()
+    protocol = check_protocol(protocol)
     size = int(image_size or native_size)
+    if protocol == "official":
+        if quick_gelu:
+            raise ConfigError(f"{name}: protocol='official' builds the MLPs with nn.GELU as MVFA-AD does; "
+                              f"quick_gelu=True contradicts it (leave quick_gelu unset)")
+        quick_gelu = False
     source, sentence = resolve_clip_weights(name, arch, default_tag, pretrained, cache_dir)
     if quick_gelu is None:  # OpenAI's CLIP was trained with QuickGELU; the architecture must match its weights
         quick_gelu = bool(open_clip.get_pretrained_cfg(arch, default_tag).get("quick_gelu", False))
@@ -297,5 +329,7 @@ def build_openclip(name: str, *, arch: str, default_tag: str, native_size: int, 
     model.eval()
     if source is None:
         warn_random(name, "pretrained=None was asked for")
-    return OpenCLIPBackbone(model, name=name, arch=arch, image_size=size, levels=levels, weights_source=sentence,
-                            pretrained=source is not None, description=description, resize=resize)
+    backbone = OpenCLIPBackbone(model, name=name, arch=arch, image_size=size, levels=levels, weights_source=sentence,
+                                pretrained=source is not None, description=description, resize=resize)
+    backbone.apply_input_protocol(protocol)
+    return backbone

@@ -15,6 +15,13 @@ labelled as the stand-in's wherever they appear (``is_standin = True``).
   classifier's 1,000 class weight vectors (:mod:`.devise`). Learnable context
   vectors enter MiniLM's input embeddings after ``[CLS]``.
 
+Protocol ``"official"`` (``load_backbone(..., protocol="official")``, MVFA-AD's
+input) feeds the CNN images in [0, 1] instead of its own normalisation
+(mean = std = 0.5). It changes nothing else: EfficientNet-Lite has no GELU
+(ReLU6 throughout) and MiniLM was trained with the GELU it uses, so CLIP's
+QuickGELU / nn.GELU switch has no counterpart here. The fitted maps below are
+those of the normalised network under either protocol.
+
 The fit (text embeddings of 2,000 ImageNet class texts, λ by cross-validation,
 the level maps, and the held-out-class evaluation) is deterministic, takes
 well under a minute on a CPU, and is cached in ``medad.runtime.cache_dir()``.

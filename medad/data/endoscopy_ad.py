@@ -34,6 +34,10 @@ NAME = "endoscopy_ad"
 CLASSES = ("normal", "polyp")
 NORMAL_CLASSES = ("cecum", "ileum", "retroflex-rectum", "bbps-2-3")  # HyperKvasir's normal lower-GI classes
 NORMAL_KEY = "hyperkvasir_normal"
+# On-screen overlays of Kvasir-SEG / HyperKvasir frames as (x0, y0, x1, y1) fractions of the frame:
+# the text column at the left edge and the scope-position box in the lower-left corner. Shortcut
+# checks blank them (the EGC classifier and MVFA chapters).
+OVERLAY_BOXES = ((0.0, 0.04, 0.15, 0.62), (0.0, 0.62, 0.34, 1.0))
 
 
 def index_real(*, archive, split, checksum, meta, seed=0, extra) -> ConcatDataset:

@@ -33,31 +33,58 @@ abnormal states of a per-dataset object name, each sentence embedded and
 normalised, averaged per state group and normalised again:
 :math:`T = [t_{normal}; t_{abnormal}] \in \mathbb{R}^{2 \times d}`.
 
-**Scores.** Zero-shot branch, per level and patch :math:`p`:
-:math:`s^{zero}_l(p) = \mathrm{softmax}(100\, \hat M_l(p) \hat T^\top)_{abnormal}`
-(hats: unit length). Few-shot branch: a memory bank :math:`\mathcal{B}_l` of the
-adapted patch tokens of the K normal support images, each augmented x11
-(the image, 4 rotations, 4 translations, two flips);
+**Scores.** Zero-shot branch, per level: the patch logits
+:math:`z_l(p) = 100\, \hat M_l(p) \hat T^\top \in \mathbb{R}^2` (hats: unit length).
+The detection tokens give an image score, the mean over patches of
+:math:`\mathrm{softmax}(z_l(p))_{abnormal}`; the segmentation tokens give a map:
+the two logit maps are first upsampled to the image size (bilinear, aligned
+corners) and the softmax is taken per pixel,
+:math:`s^{zero}_l = \mathrm{softmax}(\mathrm{up}(z_l))_{abnormal}`
+(official ``test_zero.py`` / ``test_few.py``: ``F.interpolate`` then ``torch.softmax``).
+Few-shot branch: a memory bank :math:`\mathcal{B}_l` of the adapted tokens of
+the K normal support images, each augmented x11 (the image, 4 rotations, 4
+translations, two flips); for a ViT each image contributes its class token as
+well as its patch tokens (official ``train_few.py`` stacks all tokens of the
+support images; queries are patch tokens only);
 :math:`s^{few}_l(p) = \min_{b \in \mathcal{B}_l} 1 - \cos(M_l(p), b)`, computed for all
-patches at once as one matrix product. Maps: the sum over levels of the
-bilinearly upsampled patch scores. Combination:
-:math:`S = 0.5\, \bar S^{zero} + 0.5\, \bar S^{few}` where the bar is a min-max
-normalisation. MVFA takes the min and max over the TEST set (transductive,
-``normalisation="test"``); the default here takes them from images seen before
-testing (support / validation images, ``normalisation="reference"``).
-Datasets with masks use the seg adapters and score an image by the max of its
-map; image-level datasets use the det adapters (zero-shot: mean over patches;
-few-shot: mean of the map).
+patches at once as one matrix product, then upsampled. Maps: the sum over
+levels. Combination: :math:`S = 0.5\, \bar S^{zero} + 0.5\, \bar S^{few}` where
+the bar is a min-max normalisation. MVFA takes the min and max over the TEST
+set (transductive, ``normalisation="test"``); the default here takes them from
+images seen before testing (support / validation images, ``normalisation="reference"``).
+Image scores (:func:`combine`), as the official scripts compute them: datasets
+with masks, few-shot: the max of the combined map (``test_few.py``); datasets with
+masks, zero-shot: the detection branch, the sum over levels of the mean patch
+probability (``test_zero.py``); image-level datasets: the det tokens (zero-shot:
+mean patch probability; few-shot: mean of the map), summed over levels.
 
 **Losses.** Per adapted level: binary cross-entropy between the
 mean anomaly probability of the det tokens and the image label; where masks
-exist, focal + Dice losses (MONAI's) between the seg tokens' two-class map,
-upsampled to the mask, and the mask. The official code feeds the mean
-*probability* into ``BCEWithLogitsLoss``; here it is a plain BCE on the probability.
+exist, the focal and Dice losses of the official ``loss.py`` between the seg
+tokens' two-class probability map (upsampled logits, then softmax) and the mask:
+focal with :math:`\gamma = 2`, no class weights and label smoothing
+:math:`\epsilon = 10^{-5}`, averaged over pixels (:func:`focal_loss`); Dice on the
+abnormal probability with smoothing 1, averaged over images (:func:`dice_loss`).
+The official code feeds the mean *probability* into ``BCEWithLogitsLoss``; here it
+is a plain BCE on the probability.
+
+**Which adapters learn.** MVFA-AD keeps one Adam (betas 0.5, 0.999; lr 1e-3
+few-shot, 1e-4 zero-shot) per adapter family and, on a dataset without masks,
+steps only the detection one (``train_few.py``, ``train_zero.py``):
+:meth:`MVFA.optimizers` / :class:`AdapterOptimizers`.
+
+**Input protocol.** MVFA-AD feeds CLIP images in [0, 1] without CLIP's
+mean/std and builds its MLPs with ``nn.GELU``; both are chosen with the
+backbone, ``load_backbone(..., protocol="official" | "corrected")``, and kept as
+``backbone.protocol`` (:mod:`medad.backbones.base`).
+
+**Shortcut check.** :func:`blank_boxes` sets fixed regions of every
+preprocessed image to black (e.g. the endoscopy frames' overlay box,
+``medad.data.endoscopy_ad.OVERLAY_BOXES``) before scoring.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -69,6 +96,10 @@ from medad.errors import ConfigError
 
 MIX = (0.8, 0.1, 0.1)
 LOGIT_SCALE = 100.0
+ADAPTER_FAMILIES = ("seg", "det")
+# MVFA-AD's optimiser settings (train_few.py / train_zero.py argument defaults): Adam, these betas, these rates
+OFFICIAL_BETAS = (0.5, 0.999)
+OFFICIAL_LR = {"few-shot": 1e-3, "zero-shot": 1e-4}
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
                  "{} without damage")
 ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
@@ -135,13 +166,19 @@ class LevelAdapters(nn.Module):
 
 @dataclass
 class AdaptedTokens:
-    """The adapters' middle outputs per level, class token removed: seg[i], det[i] are (B, h*w, d)."""
+    """The adapters' middle outputs per level, class token removed: seg[i], det[i] are (B, h*w, d).
+
+    seg_cls[i], det_cls[i]: the class token's middle output (B, d) for a ViT, None where the
+    backbone has no class token (CNNs) or the model does not give it (:class:`FrozenTokens`).
+    """
 
     seg: list[torch.Tensor]
     det: list[torch.Tensor]
     grids: list[tuple[int, int]]
     levels: tuple[int, ...]
     embedding: torch.Tensor
+    seg_cls: list[torch.Tensor | None] = field(default_factory=list)
+    det_cls: list[torch.Tensor | None] = field(default_factory=list)
 
 
 class MVFA(nn.Module):
@@ -172,19 +209,35 @@ class MVFA(nn.Module):
     def forward(self, images: torch.Tensor) -> AdaptedTokens:
         feats = self.backbone.encode_image(images, levels=self.levels,
                                            inserts={s: self.adapters[str(s)] for s in self.levels})
-        seg, det = [], []
+        seg, det, seg_cls, det_cls = [], [], [], []
         for s, (h, w) in zip(self.levels, feats.grids):
             module = self.adapters[str(s)]
-            seg.append(module.seg_mid[:, -h * w:])  # a ViT's class token comes first: drop it
-            det.append(module.det_mid[:, -h * w:])
+            extra = module.seg_mid.shape[1] - h * w  # 1: a ViT's class token, first; 0: a CNN
+            if extra not in (0, 1):
+                raise ConfigError(f"level {s}: {module.seg_mid.shape[1]} tokens for a {h}x{w} patch grid")
+            seg.append(module.seg_mid[:, extra:])
+            det.append(module.det_mid[:, extra:])
+            seg_cls.append(module.seg_mid[:, 0] if extra else None)
+            det_cls.append(module.det_mid[:, 0] if extra else None)
             module.seg_mid = module.det_mid = None
-        return AdaptedTokens(seg, det, list(feats.grids), self.levels, feats.embedding)
+        return AdaptedTokens(seg, det, list(feats.grids), self.levels, feats.embedding, seg_cls, det_cls)
+
+    def adapter_parameters(self, family: str) -> list[nn.Parameter]:
+        """The parameters of every level's ``"seg"`` or ``"det"`` adapter."""
+        if family not in ADAPTER_FAMILIES:
+            raise ConfigError(f"adapter family must be one of {', '.join(ADAPTER_FAMILIES)}, got {family!r}")
+        return [p for s in self.levels for p in getattr(self.adapters[str(s)], family).parameters()]
+
+    def optimizers(self, lr: float, betas: tuple[float, float] = OFFICIAL_BETAS) -> "AdapterOptimizers":
+        """MVFA-AD's optimisers: one Adam per adapter family (official lr: :data:`OFFICIAL_LR`)."""
+        return AdapterOptimizers(self, lr, betas)
 
 
 class FrozenTokens(nn.Module):
     """The frozen backbone's own patch tokens in the joint space: the no-adapter baselines (WinCLIP / PatchCore style).
 
-    Same output as :class:`MVFA` (seg = det = the projected tokens), so every scoring function applies.
+    Same output as :class:`MVFA` (seg = det = the projected tokens), so every scoring function applies;
+    no class tokens (a PatchCore bank holds patch features only).
     """
 
     def __init__(self, backbone, levels: Sequence[int] | None = None):
@@ -242,8 +295,27 @@ def patch_logits(tokens: torch.Tensor, text: torch.Tensor, scale: float = LOGIT_
 
 
 def zero_shot_patch_scores(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """(B, N): the abnormal probability of each patch."""
+    """(B, N): the abnormal probability of each patch (the det branch's image score is its mean)."""
     return patch_logits(tokens, text).softmax(-1)[..., 1]
+
+
+def upsampled_logits(logits: torch.Tensor, grid: tuple[int, int], size: int | tuple[int, int]) -> torch.Tensor:
+    """(B, h*w, 2) patch logits -> (B, 2, H, W), bilinear with aligned corners (official ``F.interpolate`` call)."""
+    h, w = grid
+    if logits.shape[1] != h * w:
+        raise ConfigError(f"{logits.shape[1]} patch logits do not fill a {h}x{w} grid")
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    maps = logits.transpose(1, 2).reshape(-1, logits.shape[-1], h, w)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
+
+
+def zero_shot_map(logits: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
+    """(B, h*w, 2) patch logits -> (B, size, size) abnormal probability: upsample the logits, THEN softmax.
+
+    The order of the official ``test_zero.py`` and ``test_few.py`` pixel maps; the softmax of
+    interpolated logits is not the interpolation of patch softmaxes (tested on a 1 x 2 grid).
+    """
+    return upsampled_logits(logits, grid, size).softmax(1)[:, 1]
 
 
 def memory_bank_scores(query: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -272,7 +344,7 @@ def memory_bank_scores_loop(query: torch.Tensor, bank: torch.Tensor) -> torch.Te
 
 
 def upsample(scores: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
-    """(B, h*w) patch scores -> (B, size, size), bilinear with aligned corners (as MVFA)."""
+    """(B, h*w) patch scores -> (B, size, size), bilinear with aligned corners (the few-shot maps of ``test_few.py``)."""
     h, w = grid
     return F.interpolate(scores.reshape(-1, 1, h, w), size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
@@ -307,29 +379,48 @@ class BranchScores:
 
 @dataclass
 class MemoryBank:
-    """Per level, the adapted seg and det patch tokens of the (augmented) normal support images."""
+    """Per level, the adapted seg and det tokens of the (augmented) normal support images: (M, d) each.
+
+    ``rows_per_image``: 1 + h*w per level when the class token is kept (a ViT), else h*w.
+    """
 
     seg: list[torch.Tensor]
     det: list[torch.Tensor]
+    rows_per_image: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         return int(self.seg[0].shape[0])
 
 
+def _bank_rows(patches: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+    """(B, N, d) patch tokens and (B, d) class tokens or None -> (B * rows, d), each image's class token first."""
+    if cls is not None:
+        patches = torch.cat([cls.unsqueeze(1), patches], 1)
+    return patches.reshape(-1, patches.shape[-1])
+
+
 @torch.no_grad()
-def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16) -> MemoryBank:
-    """Run ``model`` on normal support images (already augmented) and stack their patch tokens per level."""
+def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16, class_token: bool = True) -> MemoryBank:
+    """Run ``model`` on normal support images (already augmented) and stack their tokens per level.
+
+    class_token: keep each image's class token among the rows where the model gives one (a ViT), as
+                 official ``train_few.py`` does (its bank stacks every token); queries stay patch tokens only.
+    """
     if len(images) == 0:
         raise ConfigError("the memory bank needs at least one normal support image")
-    seg, det = None, None
+    seg, det, rows = None, None, []
     for i in range(0, len(images), batch):
         out = model(images[i:i + batch])
-        flat_s = [t.reshape(-1, t.shape[-1]) for t in out.seg]
-        flat_d = [t.reshape(-1, t.shape[-1]) for t in out.det]
+        n = len(out.seg)
+        seg_cls = out.seg_cls if class_token and out.seg_cls else [None] * n
+        det_cls = out.det_cls if class_token and out.det_cls else [None] * n
+        flat_s = [_bank_rows(t, c) for t, c in zip(out.seg, seg_cls)]
+        flat_d = [_bank_rows(t, c) for t, c in zip(out.det, det_cls)]
+        rows = [t.shape[1] + (c is not None) for t, c in zip(out.seg, seg_cls)]
         seg = flat_s if seg is None else [torch.cat([a, b]) for a, b in zip(seg, flat_s)]
         det = flat_d if det is None else [torch.cat([a, b]) for a, b in zip(det, flat_d)]
-    return MemoryBank(seg, det)
+    return MemoryBank(seg, det, rows)
 
 
 @torch.no_grad()
@@ -337,8 +428,10 @@ def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, ba
                   map_size: int, batch: int = 16, seg_few: bool = True, det_few: bool = True) -> BranchScores:
     """Zero- and few-shot scores of every image at every level (see :class:`BranchScores`).
 
-    ``seg_few`` / ``det_few`` False skip that few-shot branch (left NaN): image-level datasets
-    need only the det branch, and the memory bank is most of the cost.
+    Zero-shot maps upsample the logits and then take the softmax (:func:`zero_shot_map`);
+    few-shot maps upsample the patch distances. ``seg_few`` / ``det_few`` False skip that
+    few-shot branch (left NaN): image-level datasets need only the det branch, and the
+    memory bank is most of the cost.
     """
     parts = []
     for i in range(0, len(images), batch):
@@ -346,7 +439,7 @@ def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, ba
         b = len(out.seg[0])
         sz, sf, dz, df = [], [], [], []
         for li, grid in enumerate(out.grids):
-            sz.append(upsample(zero_shot_patch_scores(out.seg[li], text), grid, map_size))
+            sz.append(zero_shot_map(patch_logits(out.seg[li], text), grid, map_size))
             dz.append(zero_shot_patch_scores(out.det[li], text).mean(1))
             if bank is not None and seg_few:
                 sf.append(upsample(memory_bank_scores(out.seg[li], bank.seg[li]), grid, map_size))
@@ -380,11 +473,15 @@ def normalise(values: np.ndarray, stats: tuple[float, float]) -> np.ndarray:
 
 BRANCHES = ("zero", "few", "both")
 NORMALISATIONS = ("reference", "test")
+# How a masked dataset's zero-shot image is scored: "det" = official test_zero.py (its image score);
+# "map_max" = the max of the zero-shot map (medad's rule before it followed the official one)
+ZERO_SHOT_IMAGE = ("det", "map_max")
 
 
 @dataclass
 class Combined:
-    """Final scores of a test set: image scores (B,), anomaly maps (B, S, S) or None, and the det branch's own image score."""
+    """Final scores of a test set: image scores (B,), anomaly maps (B, S, S) or None, and the det branch's own
+    image score (NaN for a masked dataset whose det few-shot scores were skipped)."""
 
     image: np.ndarray
     maps: np.ndarray | None
@@ -392,20 +489,25 @@ class Combined:
 
 
 def combine(test: BranchScores, reference: BranchScores | None, pixel_level: bool, branch: str = "both",
-            normalisation: str = "reference") -> Combined:
+            normalisation: str = "reference", zero_shot_image: str = "det") -> Combined:
     """MVFA's 0.5 / 0.5 combination of the min-max normalised branches.
 
-    test:          scores of the test images
-    reference:     scores of images seen before testing (support / validation); their min and max
-                   normalise each branch when ``normalisation="reference"`` (the default here)
-    pixel_level:   masked datasets: maps from the seg tokens, image score = max of the map
-    branch:        "zero", "few" or "both"
-    normalisation: "reference" or "test" (MVFA's transductive min-max over the test set)
+    test:            scores of the test images
+    reference:       scores of images seen before testing (support / validation); their min and max
+                     normalise each branch when ``normalisation="reference"`` (the default here)
+    pixel_level:     masked datasets: maps from the seg tokens; image score = max of the map, except
+                     for ``branch="zero"`` (see ``zero_shot_image``)
+    branch:          "zero", "few" or "both"
+    normalisation:   "reference" or "test" (MVFA's transductive min-max over the test set)
+    zero_shot_image: masked datasets, ``branch="zero"``: "det" (default; official ``test_zero.py``: the
+                     det branch, sum over levels of the mean patch probability) or "map_max" (max of the map)
     """
     if branch not in BRANCHES:
         raise ConfigError(f"branch must be one of {', '.join(BRANCHES)}, got {branch!r}")
     if normalisation not in NORMALISATIONS:
         raise ConfigError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
+    if zero_shot_image not in ZERO_SHOT_IMAGE:
+        raise ConfigError(f"zero_shot_image must be one of {', '.join(ZERO_SHOT_IMAGE)}, got {zero_shot_image!r}")
     if normalisation == "reference" and reference is None:
         raise ConfigError("normalisation='reference' needs the scores of reference (support / validation) images")
     stats_from = test if normalisation == "test" else reference
@@ -423,44 +525,149 @@ def combine(test: BranchScores, reference: BranchScores | None, pixel_level: boo
         return 0.5 * normalise(zero, minmax(ref_zero)) + 0.5 * normalise(few, minmax(ref_few))
 
     level_sum = lambda x: x.sum(1)  # noqa: E731  (the sum over levels, as MVFA)
-    det_image = mix("det_zero", "det_few", level_sum)
     if not pixel_level:
+        det_image = mix("det_zero", "det_few", level_sum)
         return Combined(det_image, None, det_image)
     maps = mix("seg_zero", "seg_few", level_sum)
+    if branch != "zero" and not np.isfinite(test.det_few).all():
+        # the official few-shot run never scores the det tokens of a masked dataset: not needed here either
+        det_image = np.full(len(maps), np.nan)
+    else:
+        det_image = mix("det_zero", "det_few", level_sum)
+    if branch == "zero" and zero_shot_image == "det":
+        return Combined(det_image, maps, det_image)
     return Combined(maps.reshape(len(maps), -1).max(1), maps, det_image)
 
 
 # ----------------------------------------------------------------------------- losses
 
 
+def _check_map_and_mask(prob: torch.Tensor, target: torch.Tensor, what: str) -> None:
+    if prob.shape[0] != target.shape[0] or prob.shape[-2:] != target.shape[-2:]:
+        raise ConfigError(f"{what}: probability map {tuple(prob.shape)} and mask {tuple(target.shape)} "
+                          f"must have the same batch size and height x width")
+
+
+def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> torch.Tensor:
+    r"""The focal term of official ``loss.py`` (``FocalLoss()`` defaults: gamma 2, no class weights).
+
+    probs (B, C, H, W): class probabilities (already a softmax); target (B, H, W) class indices.
+    With the one-hot target clamped to :math:`[\epsilon / (C - 1), 1 - \epsilon]`,
+    :math:`p_t = \sum_c \tilde y_c p_c + \epsilon` and the loss is the mean over ALL pixels of
+    :math:`-(1 - p_t)^\gamma \log p_t` (no average over classes).
+    """
+    _check_map_and_mask(probs, target, "focal_loss")
+    classes = probs.shape[1]
+    onehot = F.one_hot(target.long(), classes).movedim(-1, 1).to(probs.dtype)
+    onehot = onehot.clamp(smooth / (classes - 1), 1.0 - smooth)
+    pt = (onehot * probs).sum(1) + smooth
+    return (-(1.0 - pt).pow(gamma) * pt.log()).mean()
+
+
+def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    r"""The Dice term of official ``loss.py`` (``BinaryDiceLoss``) on the abnormal probability (B, H, W).
+
+    Per image :math:`1 - (2 \sum p m + s) / (\sum p + \sum m + s)` with :math:`s = 1`, averaged over images.
+    """
+    _check_map_and_mask(prob, target, "dice_loss")
+    p, m = prob.reshape(len(prob), -1), target.reshape(len(target), -1).to(prob.dtype)
+    return 1.0 - ((2.0 * (p * m).sum(1) + smooth) / (p.sum(1) + m.sum(1) + smooth)).mean()
+
+
 class MVFALoss(nn.Module):
-    """Sum over levels of BCE(mean det anomaly probability, label) and, with masks, focal + Dice on the seg map."""
+    """Sum over levels of BCE(mean det anomaly probability, label) and, with masks, focal + Dice on the seg map.
 
-    def __init__(self):
-        super().__init__()
-        from medad.compat.torchvision_ops import ensure_torchvision
-
-        ensure_torchvision()  # MONAI imports torchvision
-        from monai.losses import DiceLoss, FocalLoss
-
-        self.focal = FocalLoss(to_onehot_y=True, use_softmax=True)
-        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False)
+    The seg map is the softmax of the upsampled logits (official order); focal and Dice are
+    :func:`focal_loss` and :func:`dice_loss`, the official ``loss.py`` terms.
+    """
 
     def forward(self, out: AdaptedTokens, text: torch.Tensor, labels: torch.Tensor,
                 masks: torch.Tensor | None = None) -> torch.Tensor:
         """labels (B,) in {0, 1}; masks (B, S, S) in {0, 1} or None (image-level data: no pixel loss)."""
         loss = torch.zeros((), device=labels.device)
-        y = labels.float()
         for li, grid in enumerate(out.grids):
             prob = zero_shot_patch_scores(out.det[li], text).mean(1).clamp(1e-6, 1 - 1e-6)
-            loss = loss + F.binary_cross_entropy(prob, y)
+            loss = loss + F.binary_cross_entropy(prob, labels.to(prob.dtype))
             if masks is not None:
-                h, w = grid
-                logits = patch_logits(out.seg[li], text).transpose(1, 2).reshape(-1, 2, h, w)
-                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=True)
-                target = masks.unsqueeze(1).float()
-                loss = loss + self.focal(logits, target) + self.dice(logits, target)
+                target = (masks > 0.5).long()
+                probs = upsampled_logits(patch_logits(out.seg[li], text), grid, tuple(masks.shape[-2:])).softmax(1)
+                loss = loss + focal_loss(probs, target) + dice_loss(probs[:, 1], target)
         return loss
+
+
+# ----------------------------------------------------------------------------- which adapters learn
+
+
+class AdapterOptimizers:
+    """MVFA-AD's two Adams, one over the seg adapters and one over the det adapters.
+
+    Official ``train_few.py`` and ``train_zero.py`` (``seg_optimizer`` / ``det_optimizer``): on a batch with masks
+    both step; on an image-level batch only the det optimiser steps (the seg adapters still get
+    gradients through the residual stream, but they are never applied). Adam keeps its state per
+    parameter, so the seg adapters' moments and step count advance only on batches with masks.
+    Use: ``opt.zero_grad(); loss.backward(); opt.step(pixel_level)``.
+    """
+
+    def __init__(self, model: "MVFA", lr: float, betas: tuple[float, float] = OFFICIAL_BETAS):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"lr must be a positive number (MVFA-AD: {OFFICIAL_LR}), got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.lr, self.betas = float(lr), tuple(float(b) for b in betas)
+        self.seg = torch.optim.Adam(model.adapter_parameters("seg"), lr=self.lr, betas=self.betas)
+        self.det = torch.optim.Adam(model.adapter_parameters("det"), lr=self.lr, betas=self.betas)
+
+    def to_step(self, pixel_level: bool) -> list[torch.optim.Optimizer]:
+        """The optimisers to step after a batch of a dataset with masks (both) or without (det only)."""
+        return [self.seg, self.det] if pixel_level else [self.det]
+
+    def zero_grad(self) -> None:
+        self.seg.zero_grad(set_to_none=True)
+        self.det.zero_grad(set_to_none=True)
+
+    def step(self, pixel_level: bool) -> None:
+        for opt in self.to_step(pixel_level):
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"seg": self.seg.state_dict(), "det": self.det.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"seg", "det"}:
+            raise ConfigError("an AdapterOptimizers state must be the dict of its state_dict(): keys 'seg' and 'det'")
+        self.seg.load_state_dict(state["seg"])
+        self.det.load_state_dict(state["det"])
+
+
+# ----------------------------------------------------------------------------- shortcut check
+
+
+def blank_boxes(images: torch.Tensor, boxes: Sequence[Sequence[float]], backbone) -> torch.Tensor:
+    """A copy of preprocessed images (B, 3, S, S) with each box set to black as ``backbone`` preprocesses it.
+
+    boxes: (x0, y0, x1, y1) fractions of the frame, e.g. ``medad.data.endoscopy_ad.OVERLAY_BOXES``; a box
+    covers rows ``floor(y0 S)`` to ``ceil(y1 S)`` and columns alike. Fractions of the frame are fractions
+    of the input only when the backbone squashes frames to S x S (``resize="squash"``), so a cropping
+    backbone is refused. Black is 0 under ``protocol="official"`` and ``-mean / std`` otherwise.
+    """
+    import math
+
+    pre = backbone.preprocess
+    if pre.resize != "squash":
+        raise ConfigError(f"blank_boxes: boxes are fractions of the frame, but backbone {backbone.name!r} crops "
+                          f"(resize={pre.resize!r}); load it with resize='squash'")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"blank_boxes expects preprocessed images (B, 3, H, W), got "
+                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    black = pre(np.zeros((8, 8, 3), np.uint8))[:, 0, 0].to(images.device, images.dtype)
+    out = images.clone()
+    h, w = images.shape[-2:]
+    for box in boxes:
+        if len(box) != 4 or not all(0.0 <= v <= 1.0 for v in box) or not (box[0] < box[2] and box[1] < box[3]):
+            raise ConfigError(f"blank_boxes: a box must be (x0, y0, x1, y1) fractions with x0 < x1, y0 < y1, got {box!r}")
+        x0, y0, x1, y1 = box
+        out[:, :, int(y0 * h): math.ceil(y1 * h), int(x0 * w): math.ceil(x1 * w)] = black.view(3, 1, 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- MVFA's x11 augmentation

@@ -46,6 +46,7 @@ import torch
 from torch.nn import functional as F
 
 from medad import provenance
+from medad.data.endoscopy_ad import OVERLAY_BOXES  # the frames' on-screen overlays (shared with the MVFA chapter)
 from medad.errors import ConfigError, DataError, command_line
 from medad.models.ca_unet import VARIANTS, build_segmenter
 from medad.models.gain import LESION, AttentionClassifier, build_classifier
@@ -58,9 +59,6 @@ STANDIN = {
     CLS_DATASET: "endoscopy_ad (STAND-IN: lower-GI polyps vs normal colon frames, not gastric cancer)",
     SEG_DATASET: "kvasir_seg (STAND-IN: colon polyps, not gastric cancer)",
 }
-# On-screen overlays of Kvasir-SEG / HyperKvasir frames as (x0, y0, x1, y1) fractions of the frame:
-# the text column at the left edge and the scope-position box in the lower-left corner.
-OVERLAY_BOXES = ((0.0, 0.04, 0.15, 0.62), (0.0, 0.62, 0.34, 1.0))
 CLS_METHODS = {"gain": "GAIN", "plain": "plain classifier", "gain-am": "GAIN + attention mining"}
 SEG_METHODS = {"unet": "U-Net", "unet+cbam": "U-Net + CBAM", "unet+aspp": "U-Net + ASPP", "ca-unet": "CA-U-Net"}
 
