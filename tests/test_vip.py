@@ -105,7 +105,7 @@ def test_logits_are_scaled_cosines_and_only_prompts_learn():
 def test_max_and_mean_aggregation():
     bb = TinyBackbone()
     f = torch.randn(4, 8)
-    feats = bb.encode_text([s for t in SYMPTOMS for s in t])
+    feats = bb.encode_text([s + "." for t in SYMPTOMS for s in t])  # every prompt ends with a period
     sims = F.normalize(f, dim=-1) @ F.normalize(feats, dim=-1).T
     top = PromptClassifier(bb, SYMPTOMS, context=0, aggregate="max")(f)
     assert torch.allclose(top, 100 * torch.stack([sims[:, :2].max(1).values, sims[:, 2:].max(1).values], 1), atol=1e-4)
@@ -125,7 +125,8 @@ def test_kgcoop_regulariser_pulls_towards_hand_prompts():
     model = PromptClassifier(bb, [["normal"], ["pneumonia"]], context=4, aggregate="mean", hand_texts=hand, kg_weight=8.0)
     feats = model.text_features()
     reg = model.regulariser(feats)
-    direct = ((F.normalize(feats, dim=-1) - F.normalize(bb.encode_text(hand), dim=-1)) ** 2).sum(-1).mean() * 8
+    hand_feats = bb.encode_text([h + "." for h in hand])
+    direct = 8 * (1 - F.cosine_similarity(feats, hand_feats, dim=1).mean())  # KgCoOp's w * (1 - mean cos)
     assert torch.allclose(reg, direct, atol=1e-5) and reg > 0
     with pytest.raises(ConfigError, match="hand-written"):
         PromptClassifier(bb, [["a"], ["b"]], kg_weight=1.0)
@@ -142,10 +143,10 @@ def test_training_learns_selects_on_val_and_resumes(tmp_path):
     bb = TinyBackbone()
     train, val = _separable(128, 1), _separable(64, 2)
     settings = vx.TrainSettings(epochs=6, batch_size=32, lr=0.5, warmup_epochs=1)
-    torch.manual_seed(3)
+    torch.manual_seed(7)  # an init that starts below 0.8 (prompts end with a period since issue 21)
     model = PromptClassifier(bb, SYMPTOMS, context=4, aggregate="merge")
     before = vx.evaluate(model, val.features, val.labels)["accuracy"]
-    out = vx.train_prompts(model, train, val, settings, seed=3, progress=False)
+    out = vx.train_prompts(model, train, val, settings, seed=7, progress=False)
     assert len(out["history"]) == 6 and out["best_val"] == max(out["history"])
     assert out["best_val"] > max(before, 0.8)
     assert vx.evaluate(model, val.features, val.labels)["accuracy"] == out["best_val"]  # the best epoch's state
@@ -158,16 +159,16 @@ def test_training_learns_selects_on_val_and_resumes(tmp_path):
             raise KeyboardInterrupt
         return real_evaluate(*args)
 
-    torch.manual_seed(3)
+    torch.manual_seed(7)
     first = PromptClassifier(bb, SYMPTOMS, context=4, aggregate="merge")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(vx, "evaluate", stop_at_fourth)
         with pytest.raises(KeyboardInterrupt):
-            vx.train_prompts(first, train, val, settings, 3, ckpt, False)
+            vx.train_prompts(first, train, val, settings, 7, ckpt, False)
     assert torch.load(ckpt, weights_only=False)["state"]["epoch"] == 3
     torch.manual_seed(99)  # another init: everything must come from the checkpoint
     resumed = PromptClassifier(bb, SYMPTOMS, context=4, aggregate="merge")
-    res = vx.train_prompts(resumed, train, val, settings, 3, ckpt, False)
+    res = vx.train_prompts(resumed, train, val, settings, 7, ckpt, False)
     assert res["history"] == out["history"]
     for (k, v), w in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(v, w, atol=1e-6), k

@@ -7,8 +7,10 @@ choices and ``backbone_table()`` describes them without loading anything.
 =============================  =======  ==================================================
 name                           text     weights
 =============================  =======  ==================================================
-clip-vit-l-14-336              yes      OpenAI CLIP via open_clip (cache, download or file)
+clip-vit-l-14-336              yes      OpenAI CLIP via open_clip (cache, download or file); run at 240 px (MVFA)
+clip-vit-l-14-336-native       yes      the same weights at their native 336 px (ViP)
 clip-vit-b-16                  yes      OpenAI CLIP via open_clip
+clip-rn50x64                   yes      OpenAI CLIP via open_clip, 448 px (ViP)
 clip-rn50                      yes      OpenAI CLIP via open_clip
 standin-effnet-lite0-minilm    yes      STAND-IN: packaged EfficientNet-Lite0 + MiniLM
 standin-effnet-lite2-minilm    yes      STAND-IN: packaged EfficientNet-Lite2 + MiniLM
@@ -42,6 +44,12 @@ class BackboneSpec:
     build: Callable[..., Backbone] = field(repr=False)
     options: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def input_size(self) -> int | None:
+        """The image size the entry runs at by default, known without loading (CLIP entries; else None)."""
+        size = self.options.get("image_size") or self.options.get("native_size")
+        return int(size) if size else None
+
 
 def _clip(**fixed):
     def build(name, **kw):
@@ -49,6 +57,11 @@ def _clip(**fixed):
 
         return build_openclip(name, **{**fixed, **kw})
     return build
+
+
+def _clip_spec(name: str, architecture: str, description: str, **fixed) -> BackboneSpec:
+    """A CLIP entry; its fixed build options (arch, sizes, levels) are kept on the spec for inspection."""
+    return BackboneSpec(name, "clip", architecture, _CLIP_WEIGHTS, description, True, False, _clip(**fixed), dict(fixed))
 
 
 def _standin(variant):
@@ -77,16 +90,21 @@ def _torchvision(arch):
 
 _CLIP_WEIGHTS = "OpenAI CLIP, open_clip tag 'openai' (cached or downloaded) or a local checkpoint file"
 _SPECS = [
-    BackboneSpec("clip-vit-l-14-336", "clip", "ViT-L/14 @336 px, run at 240 px (17x17 patches)", _CLIP_WEIGHTS,
-                 "MVFA's backbone: OpenAI CLIP ViT-L/14-336 run at 240 px as MVFA does, position embeddings interpolated",
-                 True, False, _clip(arch="ViT-L-14-336", default_tag="openai", native_size=336, image_size=240,
-                                    levels=(6, 12, 18, 24))),
-    BackboneSpec("clip-vit-b-16", "clip", "ViT-B/16 @224 px", _CLIP_WEIGHTS,
-                 "ViP's main backbone: OpenAI CLIP ViT-B/16", True, False,
-                 _clip(arch="ViT-B-16", default_tag="openai", native_size=224, levels=(3, 6, 9, 12))),
-    BackboneSpec("clip-rn50", "clip", "modified ResNet-50 with attention pooling @224 px", _CLIP_WEIGHTS,
-                 "OpenAI CLIP RN50 (one of ViP's three backbones)", True, False,
-                 _clip(arch="RN50", default_tag="openai", native_size=224, levels=(1, 2, 3, 4))),
+    _clip_spec("clip-vit-l-14-336", "ViT-L/14 @336 px, run at 240 px (17x17 patches)",
+               "MVFA's backbone: OpenAI CLIP ViT-L/14-336 run at 240 px as MVFA does, position embeddings interpolated",
+               arch="ViT-L-14-336", default_tag="openai", native_size=336, image_size=240, levels=(6, 12, 18, 24)),
+    _clip_spec("clip-vit-l-14-336-native", "ViT-L/14 @336 px (24x24 patches)",
+               "ViP's ViT-L/14@336px at its native 336 px (configs/trainers/ViP/vit_L14_336_ep50.yaml); "
+               "MVFA runs the same weights at 240 px as clip-vit-l-14-336",
+               arch="ViT-L-14-336", default_tag="openai", native_size=336, levels=(6, 12, 18, 24)),
+    _clip_spec("clip-vit-b-16", "ViT-B/16 @224 px", "ViP's main backbone: OpenAI CLIP ViT-B/16",
+               arch="ViT-B-16", default_tag="openai", native_size=224, levels=(3, 6, 9, 12)),
+    _clip_spec("clip-rn50x64", "modified ResNet-50x64 with attention pooling @448 px",
+               "OpenAI CLIP RN50x64, the ResNet of ViP's code (configs/trainers/ViP/rn50x64_ep50.yaml)",
+               arch="RN50x64", default_tag="openai", native_size=448, levels=(1, 2, 3, 4)),
+    _clip_spec("clip-rn50", "modified ResNet-50 with attention pooling @224 px",
+               "OpenAI CLIP RN50 (the ViP paper names RN50; its code runs RN50x64, see clip-rn50x64)",
+               arch="RN50", default_tag="openai", native_size=224, levels=(1, 2, 3, 4)),
     BackboneSpec("standin-effnet-lite0-minilm", "standin", "EfficientNet-Lite0 @224 px + all-MiniLM-L6-v2",
                  "STAND-IN: ImageNet EfficientNet-Lite0 and all-MiniLM-L6-v2 from PyPI packages, DeViSE ridge map",
                  "Offline stand-in for CLIP (not CLIP): ImageNet CNN + sentence encoder joined by a zero-shot DeViSE map",

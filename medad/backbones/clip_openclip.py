@@ -2,7 +2,7 @@
 
 The papers' backbones: ViT-L-14-336 (MVFA, run at 240 px: a 17 x 17 patch grid,
 the last 2 px unused, position embeddings interpolated by open_clip when the
-weights load), ViT-B-16 and RN50 (ViP). ``encode_image`` re-runs open_clip's
+weights load), and ViP's ViT-L-14-336 at 336 px, ViT-B-16 and RN50x64 (RN50 too). ``encode_image`` re-runs open_clip's
 own modules block by block, so that modules can be inserted after any block;
 with nothing inserted it returns exactly ``model.encode_image`` (tested).
 

@@ -8,9 +8,11 @@ stay frozen; the image feature :math:`f` of each image is computed once
 **Context Prompt (CoP)**, Sec. 2.2: :math:`M = 4` context vectors
 :math:`V = [v_1, \dots, v_M]`, :math:`v_m \sim \mathcal N(0, 0.02^2)`, shared by
 all classes and symptoms, inserted between the start token and the
-symptom's word embeddings :math:`w_{c,k}` ("X X X X <symptom>."):
+symptom's word embeddings :math:`w_{c,k}`; every text ends with a period, as
+the official prompt "X X X X <symptom>." does (``trainers/ViP.py``,
+``PromptLearner.__init__``, xiaofang007/ViP; see :func:`prompt_text`):
 
-.. math::  t_{c,k} = E_t([\mathrm{SOS}, v_1, \dots, v_M, w_{c,k}, \mathrm{EOS}])
+.. math::  t_{c,k} = E_t([\mathrm{SOS}, v_1, \dots, v_M, w_{c,k}, ".", \mathrm{EOS}])
 
 **Merge Prompt (MeP)**, Sec. 2.3: one learnable token :math:`g_c \sim \mathcal N(0, 0.02^2)`
 per class is the query of an attention over that class's symptom features
@@ -20,16 +22,19 @@ per class is the query of an attention over that class's symptom features
 .. math::  s_c = g_c + \mathrm{softmax}\!\left(\frac{(g_c W_q)(T_c W_k)^\top}{\sqrt d}\right) T_c
 
 **Logits**, Eq. 3: :math:`\ell_c = \tau \cos(f, s_c)` with CLIP's logit scale
-:math:`\tau`; loss: cross-entropy. Training (the official code): SGD, lr
-0.002, cosine schedule, one warm-up epoch at 1e-5, batch 32, 50 epochs,
-checkpoint chosen on validation (:func:`medad.train.vip_experiment.train_prompts`).
+:math:`\tau`; loss: cross-entropy. The official training settings per CLIP
+backbone are in :data:`OFFICIAL_CLIP_SETTINGS`, the learning-rate rule in
+:func:`medad.experiment.schedules.dassl_warmup_cosine`.
 
 The same class also builds the baselines and ablations the paper compares:
 zero-shot with class names or with symptoms (``context=0``), the mean or the
 max over symptoms instead of MeP (``aggregate="mean" | "max"``), CoOp
-(context + class name; Zhou et al., IJCV 2022) and KgCoOp (CoOp plus
-:math:`\lambda \lVert \hat w_c - w_c^{\text{hand}} \rVert^2` pulling the learnt class
-text features towards the hand-written prompt's; Yao et al., CVPR 2023).
+(context + "<class name>."; Zhou et al., IJCV 2022) and KgCoOp (CoOp with the
+context initialised from "a photo of a" and the term
+:math:`w\,(1 - \frac1C \sum_c \cos(\hat w_c, w_c^{\text{hand}}))` pulling the
+learnt class text features towards a hand-written prompt's; Yao et al., CVPR
+2023, :func:`kgcoop_term`). How the ViP repository runs each method is in
+:data:`OFFICIAL_METHOD_SETTINGS`.
 """
 from __future__ import annotations
 
@@ -42,13 +47,89 @@ from torch.nn import functional as F
 from medad.errors import ConfigError
 
 AGGREGATES = ("merge", "mean", "max")
+PROMPT_END = "."
+
+# How the official code runs each method (read at xiaofang007/ViP ea4532c unless said otherwise).
+# context: M context vectors; context_init: phrase whose token embeddings start the context (None: N(0, 0.02^2));
+# kg_weight: KgCoOp's w; lr: None = the backbone's ViP learning rate (OFFICIAL_CLIP_SETTINGS).
+OFFICIAL_METHOD_SETTINGS: dict[str, dict] = {
+    "vip": {"context": 4, "context_init": None, "aggregate": "merge", "kg_weight": 0.0, "lr": None,
+            "source": "scripts/ViP/main_*.sh (NCTX=4), trainers/ViP.py (random N(0, 0.02) context, '<symptom>.')"},
+    "coop": {"context": 4, "context_init": None, "aggregate": "mean", "kg_weight": 0.0, "lr": 0.001,
+             "source": "scripts/CoOp/main_derm.sh (NCTX=4, CSC=False, CTP=end), trainers/coop.py ('X X X X <name>.'); "
+                       "lr 0.001 as issue 21 reports from the ViP repository's CoOp config, a file this project's "
+                       "index does not hold (upstream KaiyangZhou/CoOp vit_b16_ep50.yaml has 0.002)"},
+    "kgcoop": {"context": 4, "context_init": "a photo of a", "aggregate": "mean", "kg_weight": 8.0, "lr": None,
+               "hand_template": "a photo of a {name}.",
+               "source": "htyao89/KgCoOp: trainers/kgcoop.py (context from 'a photo of a' when CTX_INIT is set, "
+                         "term 1 - mean cos, hand prompts 'a photo of a {}.' for ImageNet-like datasets), "
+                         "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (CTX_INIT: True), "
+                         "scripts/base2new_train.sh (WEIGHT=8.0). The ViP repository holds no KgCoOp trainer."},
+}
+
+# ViP's per-backbone training settings (configs/trainers/ViP/<cfg>.yaml, run by scripts/ViP/main_*.sh), keyed by
+# medad backbone name; image_size is the input size the config asserts equals CLIP's own resolution.
+# Shared by all three: SGD, 50 epochs, cosine, 1 warm-up epoch at a constant 1e-5, random_resized_crop + flip.
+OFFICIAL_CLIP_SETTINGS: dict[str, dict] = {
+    "clip-rn50x64": {"batch_size": 8, "lr": 0.001, "image_size": 448, "config": "configs/trainers/ViP/rn50x64_ep50.yaml"},
+    "clip-vit-l-14-336-native": {"batch_size": 16, "lr": 0.002, "image_size": 336,
+                                 "config": "configs/trainers/ViP/vit_L14_336_ep50.yaml"},
+    "clip-vit-b-16": {"batch_size": 32, "lr": 0.002, "image_size": 224, "config": "configs/trainers/ViP/vit_b16_ep50.yaml"},
+}
+OFFICIAL_SCHEDULE = {"epochs": 50, "warmup_epochs": 1, "warmup_lr": 1e-5, "optimizer": "sgd",
+                     "scheduler": "cosine", "augmentation": ("random_resized_crop", "random_flip")}
+
+
+def prompt_text(text: str) -> str:
+    """``text`` as the official prompt builders tokenise it: ending with one period.
+
+    ViP's ``PromptLearner`` builds ``prefix + " " + symptom + "."`` and CoOp's ``prefix + " " + name + "."``;
+    a text that already ends with a period keeps just that one.
+    """
+    text = text.strip()
+    return text if text.endswith(PROMPT_END) else text + PROMPT_END
+
+
+def kgcoop_term(learnt: torch.Tensor, hand: torch.Tensor, weight: float) -> torch.Tensor:
+    """KgCoOp's regulariser: ``weight * (1 - mean over classes of cos(learnt_c, hand_c))``.
+
+    learnt, hand: (C, d) class text features (normalised inside). htyao89/KgCoOp ``trainers/kgcoop.py``
+    computes ``1 - mean(CosineSimilarity(dim=1, eps=1e-7)(learnt, hand))`` in ``CustomCLIP.forward`` and adds
+    it times ``TRAINER.COOP.W`` (8.0 in its scripts) to the cross-entropy.
+    """
+    if learnt.shape != hand.shape or learnt.ndim != 2:
+        raise ConfigError(f"KgCoOp needs learnt and hand-written class features of one shape (C, d), got "
+                          f"{tuple(learnt.shape)} and {tuple(hand.shape)}")
+    cos = F.cosine_similarity(F.normalize(learnt, dim=-1), F.normalize(hand, dim=-1), dim=1, eps=1e-7)
+    return weight * (1.0 - cos.mean())
+
+
+def phrase_embeddings(backbone, phrase: str) -> torch.Tensor:
+    """(n_tokens, text_width) word embeddings of ``phrase``, start and end tokens left out (CoOp's ``ctx_init``).
+
+    CoOp and KgCoOp take as many positions as the phrase has space-separated words; that is the same thing
+    whenever every word is one token, as each word of "a photo of a" is for CLIP's and for MiniLM's vocabulary.
+    """
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ConfigError(f"context_init must be a non-empty phrase, got {phrase!r}")
+    tokens = backbone.tokenize([phrase.strip()])
+    n = int(tokens.mask[0].sum()) - 2  # real positions minus the start and end tokens
+    if n < 1:
+        raise ConfigError(f"context_init {phrase!r} has no tokens between the start and end tokens")
+    with torch.no_grad():
+        return backbone.token_embeddings(tokens)[0, 1:1 + n].detach().clone().float()
 
 
 class ContextPrompt(nn.Module):
-    """M learnable context vectors of the text encoder's token width, N(0, 0.02^2)."""
+    """M learnable context vectors of the text encoder's token width: N(0, 0.02^2), or given start values."""
 
-    def __init__(self, width: int, m: int = 4):
+    def __init__(self, width: int, m: int = 4, init: torch.Tensor | None = None):
         super().__init__()
+        if init is not None:
+            if init.ndim != 2 or init.shape[1] != width:
+                raise ConfigError(f"context start values must be (M, {width}), got {tuple(init.shape)}")
+            self.vectors = nn.Parameter(init.clone())
+            return
         if m < 1:
             raise ConfigError(f"the Context Prompt needs at least one vector, got M={m}")
         self.vectors = nn.Parameter(torch.randn(m, width) * 0.02)
@@ -80,15 +161,19 @@ class MergePrompt(nn.Module):
 class PromptClassifier(nn.Module):
     """Classifies cached image features by their similarity to learnt (or fixed) class text representations.
 
-    texts:      per class, its texts (symptoms, or a single class-name prompt)
-    context:    M context vectors (0 = none: the text features are fixed)
-    aggregate:  how a class's text features become one score: "merge" (MeP), "mean" or "max"
-    hand_texts: per class, one hand-written prompt; with ``kg_weight > 0`` KgCoOp's regulariser pulls the
-                learnt class text features towards its features
+    texts:        per class, its texts (symptoms, or a single class name); each is tokenised as
+                  :func:`prompt_text` makes it, with a final period
+    context:      M context vectors (0 = none: the text features are fixed)
+    context_init: a phrase (KgCoOp: "a photo of a") whose token embeddings are the context's start values;
+                  ``context`` must equal its number of tokens (CoOp's ``ctx_init`` sets M so)
+    aggregate:    how a class's text features become one score: "merge" (MeP), "mean" or "max"
+    hand_texts:   per class, one hand-written prompt (tokenised with a final period too); with
+                  ``kg_weight > 0`` :func:`kgcoop_term` pulls the learnt class text features towards its features
+    kg_weight:    KgCoOp's weight w (the official scripts: 8.0)
     """
 
     def __init__(self, backbone, texts: Sequence[Sequence[str]], *, context: int = 4, aggregate: str = "merge",
-                 hand_texts: Sequence[str] | None = None, kg_weight: float = 0.0):
+                 hand_texts: Sequence[str] | None = None, kg_weight: float = 0.0, context_init: str | None = None):
         super().__init__()
         if aggregate not in AGGREGATES:
             raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
@@ -100,9 +185,16 @@ class PromptClassifier(nn.Module):
         self.n_classes = len(texts)
         self.texts = [list(t) for t in texts]
         self.bounds = torch.tensor([0] + [len(t) for t in texts]).cumsum(0).tolist()
-        self.tokens = backbone.tokenize([s for t in texts for s in t])
+        self.prompts = [prompt_text(s) for t in texts for s in t]
+        self.tokens = backbone.tokenize(self.prompts)
         self.aggregate = aggregate
-        self.context = ContextPrompt(backbone.text_width, context) if context else None
+        init = None
+        if context_init is not None:
+            init = phrase_embeddings(backbone, context_init)
+            if context != len(init):
+                raise ConfigError(f"context={context} but context_init {context_init!r} has {len(init)} tokens; "
+                                  f"pass context={len(init)}")
+        self.context = ContextPrompt(backbone.text_width, context, init) if context else None
         self.merge = MergePrompt(self.n_classes, backbone.embed_dim) if aggregate == "merge" else None
         self.kg_weight = float(kg_weight)
         self.logit_scale = float(backbone.logit_scale)
@@ -110,7 +202,7 @@ class PromptClassifier(nn.Module):
         self._hand: torch.Tensor | None = None
         if kg_weight:
             with torch.no_grad():
-                self._hand = F.normalize(backbone.encode_text(list(hand_texts)), dim=-1)
+                self._hand = F.normalize(backbone.encode_text([prompt_text(h) for h in hand_texts]), dim=-1)
 
     @property
     def backbone(self):
@@ -148,11 +240,14 @@ class PromptClassifier(nn.Module):
         return self.logits_from(image_features, self.text_features())
 
     def regulariser(self, feats: torch.Tensor) -> torch.Tensor:
-        """KgCoOp's term: mean over classes of ||normalised learnt class feature - hand-written one||^2 (0 when off)."""
+        """KgCoOp's term (:func:`kgcoop_term`) on the learnt class text features; 0 when ``kg_weight`` is 0.
+
+        A class with several texts contributes the mean of their normalised features (KgCoOp has one per class).
+        """
         if not self.kg_weight:
             return feats.new_zeros(())
-        learnt = F.normalize(torch.stack([F.normalize(t, dim=-1).mean(0) for t in self.split(feats)]), dim=-1)
-        return self.kg_weight * ((learnt - self._hand) ** 2).sum(-1).mean()
+        learnt = torch.stack([F.normalize(t, dim=-1).mean(0) for t in self.split(feats)])
+        return kgcoop_term(learnt, self._hand, self.kg_weight)
 
     def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         feats = self.text_features()
