@@ -3,14 +3,22 @@
 #   make test   install (first time only), run the test suite
 # Either can be the first command on a fresh machine.
 
+# The repository (this Makefile's folder), so that `make -f path/to/Makefile book` works from any folder.
+ROOT    := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 PYTHON  ?= python3
-VENV    ?= .venv
-BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.medad-installed
+VENV    ?= $(ROOT).venv
+BIN     := $(abspath $(VENV))/bin
+STAMP   := $(abspath $(VENV))/.medad-installed
 PROFILE ?= quick
-# Real data: `make book DATA=/path/to/archives` or MEDAD_DATA in the environment.
+# Real data: `make book DATA=/path/to/archives` or MEDAD_DATA in the environment. A relative
+# DATA is relative to the folder make runs in (the repository with `make` or `make -C`, the
+# caller's folder with `make -f`); medad makes it absolute there, before any notebook kernel sees it.
+# DATA may hold spaces; CHAPTERS takes names separated by commas, with or without spaces.
 DATA    ?= $(MEDAD_DATA)
 CHAPTERS ?=
+
+# One shell word, whatever the value holds (spaces, quotes): 'it'\''s' for it's.
+quote = '$(subst ','\'',$(1))'
 
 .PHONY: install book test lock bench clean
 
@@ -25,9 +33,9 @@ UV_VERSION := 0.13.9
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_LINKS   := $(foreach d,$(FIND_LINKS),--find-links $(d))
 
-$(STAMP): requirements.lock constraints.txt pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@if $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) 2>/dev/null; then \
+$(STAMP): $(ROOT)requirements.lock $(ROOT)constraints.txt $(ROOT)pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(abspath $(VENV))
+	@cd $(ROOT) && if $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) 2>/dev/null; then \
 	  $(BIN)/uv pip install --python $(BIN)/python --no-deps -c constraints.txt -r requirements.lock $(UV_LINKS) && \
 	  $(BIN)/uv pip install --python $(BIN)/python --no-deps --no-build-isolation -e . ; \
 	else \
@@ -37,13 +45,13 @@ $(STAMP): requirements.lock constraints.txt pyproject.toml
 	@touch $@
 
 book: $(STAMP)
-	$(BIN)/python -m medad book --profile $(PROFILE) $(if $(DATA),--data-dir $(DATA)) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+	$(BIN)/python -m medad book --profile $(call quote,$(PROFILE)) $(if $(DATA),--data-dir $(call quote,$(DATA))) $(if $(CHAPTERS),--chapters $(call quote,$(CHAPTERS)))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	cd $(ROOT) && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/install_and_build.py
+	cd $(ROOT) && $(BIN)/python benchmarks/install_and_build.py
 
 # Re-resolve the pins from requirements.in (needs the package registry).
 lock:
@@ -54,4 +62,4 @@ lock:
 	  build/lockenv/bin/pip freeze --all | grep -v '^pip==' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' ) > requirements.lock
 
 clean:
-	rm -rf book/_build book/executed build .pytest_cache
+	cd $(ROOT) && rm -rf book/_build book/executed build .pytest_cache

@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from medad import profiles, provenance
-from medad.data.registry import get_spec
+from medad import params, profiles, provenance
+from medad.data.registry import get_spec, resolve_data_dir
 from medad.errors import ConfigError, show_in_notebooks
 from medad.paths import REPO_ROOT
 from medad.runtime import device_description
@@ -109,8 +109,12 @@ def unknown_injected_parameters(history: list[str]) -> tuple[list[str], list[str
     return [], []
 
 
-def _refuse_unknown_papermill_parameters(chapter: str) -> None:
-    """papermill only warns about a parameter the notebook does not have, and a misspelt one is then ignored."""
+def _refuse_unknown_papermill_parameters(chapter: str, passed: set[str] = frozenset()) -> None:
+    """papermill only warns about a parameter the notebook does not have, and a misspelt one is then ignored.
+
+    The notebook's own parameters (declared in its parameters cell, not passed to ChapterRun in ``passed``)
+    are checked against the chapter's schema here, as the others are in ``profiles.resolve``.
+    """
     try:
         from IPython import get_ipython
     except ImportError:
@@ -120,6 +124,28 @@ def _refuse_unknown_papermill_parameters(chapter: str) -> None:
     if unknown:
         raise ConfigError(f"{chapter}: unknown parameter(s) {', '.join(unknown)} given to papermill; "
                           f"this notebook's parameters: {', '.join(declared)}")
+    own = {n: shell.user_ns.get(n) for n in declared if n not in passed and n not in ("profile", "data_dir")} if shell else {}
+    params.validate(chapter, {n: v for n, v in own.items() if v is not None})
+
+
+def caller_dir() -> Path:
+    """The folder a relative ``data_dir`` given to a chapter is relative to: where its command was typed.
+
+    In a notebook kernel that is the shell's ``$PWD``, which the kernel inherits from the
+    command that started it (papermill, jupyter), since the kernel itself may run
+    elsewhere (``papermill --cwd notebooks``); ``python -m medad book`` passes an absolute
+    path. Elsewhere it is the current working directory.
+    """
+    try:
+        from IPython import get_ipython
+
+        in_kernel = get_ipython() is not None and hasattr(get_ipython(), "kernel")
+    except ImportError:
+        in_kernel = False
+    pwd = os.environ.get("PWD", "")
+    if in_kernel and os.path.isabs(pwd) and os.path.isdir(pwd):
+        return Path(pwd)
+    return Path.cwd()
 
 
 class ChapterRun:
@@ -134,13 +160,15 @@ class ChapterRun:
         from medad.experiment.record import RunRecord, RunState
 
         show_in_notebooks()  # first: a bad parameter below is already shown as one line
-        _refuse_unknown_papermill_parameters(chapter)
+        _refuse_unknown_papermill_parameters(chapter, set(given))
         self.chapter = chapter
         self.config = profiles.resolve(chapter, profile, **given)
         self.profile = profile
         self.out_dir = Path(os.environ.get("MEDAD_RUN_DIR") or REPO_ROOT / "runs" / f"{chapter}-{profile}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.run_record = RunRecord(chapter, profile, None, data_dir=data_dir, resolved=self.config)
+        # the data directory is absolute from here on (and in provenance): relative to where the command was typed
+        self.run_record = RunRecord(chapter, profile, None, data_dir=resolve_data_dir(data_dir, base=caller_dir()),
+                                    resolved=self.config)
         self.opener = self.run_record.opener
         self.seed, self.device, self.data_dir = self.run_record.seed, self.run_record.device, self.run_record.data_dir
         self.state = RunState(self.out_dir / "state" if profile == "full" else None)

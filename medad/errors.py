@@ -24,6 +24,14 @@ class ConfigError(MedadError, ValueError):
     """A parameter (profile, dataset name, backbone name, device, ...) is not one we accept."""
 
 
+class CacheWarning(UserWarning):
+    """A cache folder cannot be used (full, read-only, no permission): work goes on without it, and says so."""
+
+
+class BusyError(MedadError):
+    """Another process holds what this one needs (e.g. another build of the same book tree)."""
+
+
 # --------------------------------------------------------------------------- how errors reach the user
 #
 # medad's errors are problems a user can fix, so every entry point shows them as one line:

@@ -34,6 +34,7 @@ import hashlib
 import math
 import os
 import zlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -195,14 +196,16 @@ def open_subset(dataset: str, split: str, data_dir=None, max_images: int | None 
     """(dataset, subset name) of one split of a registered dataset, optionally a seeded stratified subset of it."""
     from medad.data import open_dataset
 
+    # A synthetic split is a fixed set of images, as a real one is: the subset is drawn from it the same way,
+    # so every reader of the split (test groups, provenance) sees the images the features came from.
     ds = open_dataset(dataset, split, data_dir)
     subset = "all"
-    if ds.synthetic and max_images is not None:  # synthetic data: generate just as many images
-        ds = open_dataset(dataset, split, data_dir, n=max_images)
-        subset = f"n{max_images}"
-    elif max_images is not None and max_images < len(ds):
+    if max_images is not None and max_images < len(ds):
         ds = ds.subset(stratified_subset(ds.labels, max_images, subset_seed).tolist())
         subset = f"n{max_images}-s{subset_seed}"
+    elif max_images is not None and max_images > len(ds):
+        warnings.warn(f"{ds.display_name} {split}: {max_images} images asked for, the split has {len(ds)}; all {len(ds)} are used",
+                      stacklevel=3)
     return ds, subset
 
 

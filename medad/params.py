@@ -17,7 +17,9 @@ written once).
 Types: ``int``, ``float``, ``bool``, ``str``, ``list[int]``, ``list[float]``, ``list[str]``
 ``dict[str, int]`` (a name -> count mapping) and ``mapping`` (a nested mapping whose
 structure the chapter's own code checks, e.g. ViP's per-backbone ``limits``). Keys: ``min``/``max`` (inclusive),
-``gt``/``lt`` (exclusive), ``choices``, ``optional`` (``null`` allowed) and ``help``.
+``gt``/``lt`` (exclusive), ``choices``, ``optional`` (``null`` allowed), ``min_items``/``max_items``
+(a list's length; ``min_items`` is 1 unless declared: an empty list of datasets, models or seeds
+is a mistake, so a list that may be empty says ``min_items: 0``) and ``help``.
 For a list, the bounds and choices apply to every element.
 
 :func:`validate` builds a pydantic model from that declaration and checks a whole
@@ -30,7 +32,12 @@ lines all go through this one check. Rules beyond pydantic's defaults:
   ``['u', 'n', 'e', 't']``): give a list (``-y "models: [unet]"``);
 - an int must be a whole number: ``2.5`` and ``True`` are refused; a string of
   digits (``papermill -r seed 3``) is read as the number, as pydantic does;
-- a float accepts ints and numeric strings, never booleans.
+- a float accepts ints and numeric strings, never booleans, and must be finite (``inf`` and
+  ``nan`` are refused);
+- an int must fit in 64 bits (torch and NumPy seeds, counts), whatever the schema's bounds;
+- a notebook's own parameters (those its ``parameters`` cell declares but it does not pass to
+  ``ChapterRun``, e.g. the atlas's ``dataset`` or a chapter's ``long_run``) are declared in the
+  schema too and checked by :func:`validate` through ``ChapterRun`` like the others.
 
 Errors are :class:`~medad.errors.ConfigError` naming the chapter, the
 parameter, the value given and what is allowed.
@@ -38,17 +45,20 @@ parameter, the value given and what is allowed.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Annotated, Any, Literal, Optional
 
 import annotated_types as at
 import pydantic
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from medad.errors import ConfigError
 
 SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 TYPES = (*SCALARS, "list[int]", "list[float]", "list[str]", "dict[str, int]", "mapping")
-SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "choices_from", "optional", "default", "excludes", "help"}
+SPEC_KEYS = {"type", "min", "max", "gt", "lt", "choices", "choices_from", "optional", "default", "excludes",
+             "min_items", "max_items", "help"}
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class Config(dict):
@@ -92,6 +102,12 @@ def _no_bool(value):
     return value
 
 
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("a finite number is expected, not infinity or NaN")
+    return value
+
+
 def _no_bare_string(value):
     if isinstance(value, str):
         raise ValueError("a list is expected, not a single string; give a list, e.g. -y \"name: [a, b]\"")
@@ -104,11 +120,16 @@ def _element_type(name: str, spec: dict):
     choices = _choices(spec)
     if choices is not None:
         return Literal[tuple(choices)]
-    bounds = [at.Ge(spec["min"])] if "min" in spec else []
-    bounds += [at.Le(spec["max"])] if "max" in spec else []
+    low, high = spec.get("min"), spec.get("max")
+    if base is int:  # what torch and NumPy take as a seed or a count (two Ge's would not combine: the last wins)
+        low = INT64[0] if low is None else max(low, INT64[0])
+        high = INT64[1] if high is None else min(high, INT64[1])
+    bounds = [at.Ge(low)] if low is not None else []
+    bounds += [at.Le(high)] if high is not None else []
     bounds += [at.Gt(spec["gt"])] if "gt" in spec else []
     bounds += [at.Lt(spec["lt"])] if "lt" in spec else []
     checks = [BeforeValidator(_no_bool)] if base in (int, float) else []
+    checks += [AfterValidator(_finite)] if base is float else []
     return Annotated[(base, *bounds, *checks)] if bounds or checks else base
 
 
@@ -122,10 +143,13 @@ def _field_type(chapter: str, param: str, spec) -> Any:
     kind = str(spec["type"]).replace(" ", "")
     if kind not in {t.replace(" ", "") for t in TYPES}:
         raise ConfigError(f"{where}: type {spec['type']!r} is not one of {', '.join(TYPES)}")
+    if ("min_items" in spec or "max_items" in spec) and not kind.startswith("list["):
+        raise ConfigError(f"{where}: min_items / max_items apply to a list type, not {spec['type']!r}")
     if kind in SCALARS:
         typ = _element_type(kind, spec)
     elif kind.startswith("list["):
-        typ = Annotated[list[_element_type(kind[5:-1], spec)], BeforeValidator(_no_bare_string)]
+        lengths = [at.MinLen(int(spec.get("min_items", 1)))] + ([at.MaxLen(int(spec["max_items"]))] if "max_items" in spec else [])
+        typ = Annotated[(list[_element_type(kind[5:-1], spec)], *lengths, BeforeValidator(_no_bare_string))]
     elif kind == "mapping":
         typ = dict[str, Any]
     else:  # dict[str, int]: the bounds apply to the counts
@@ -149,6 +173,9 @@ def _allowed(spec: dict) -> str:
     choices = _choices(spec)
     rules = ["one of " + ", ".join(map(str, choices))] if choices is not None else []
     rules += [f"{word} {spec[key]}" for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if key in spec]
+    if str(spec["type"]).startswith("list["):
+        low, high = int(spec.get("min_items", 1)), spec.get("max_items")
+        rules += [f"{low}..{high} items" if high is not None else f"at least {low} item{'s' if low != 1 else ''}"] if low or high is not None else []
     rules += ["or null"] if spec.get("optional") else []
     return ", ".join([str(spec["type"]), *rules])
 

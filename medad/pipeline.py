@@ -14,28 +14,39 @@ For each chapter listed in ``_toc.yml`` (as ``book/executed/<chapter>``):
    ``build/executing/``; only a finished execution replaces
    ``book/executed/<chapter>.ipynb`` (atomically, as does its stamp), so an
    interrupted build (Ctrl-C) leaves the previous good output in place. A
-   failed execution is installed with an error admonition at its top, so the
-   book shows the chapter as failed rather than silently keeping old results;
+   failed execution never replaces a good one: the last good execution stays,
+   under an error admonition that gives the failure's date and error (a chapter
+   that never succeeded shows its failed execution instead), so the book shows
+   the chapter as failed without losing its last results;
 4. keep going past a failing chapter;
 
 then build the HTML with Jupyter Book (execution off: the notebooks are
 already executed), and fail at the end naming every failed chapter and its
 error. As d2l and MONAI do it: one failing chapter never hides the others.
+
+A data directory is resolved to an absolute path here, against the folder the
+command runs in, before it reaches a kernel (kernels run in ``notebooks/``).
+One build at a time holds a book tree (``build/book.lock``); a second one stops
+with a message naming the first.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from medad.errors import INTERRUPTED_EXIT, ConfigError, DataError, MedadError, one_line
+from medad.data.atomic import TEMP_MARK, write_atomic
+from medad.errors import INTERRUPTED_EXIT, BusyError, ConfigError, DataError, MedadError, one_line
 from medad.paths import BOOK_DIR, NOTEBOOKS_DIR, REPO_ROOT
 
 EXECUTED_DIR = BOOK_DIR / "executed"
@@ -99,7 +110,10 @@ def _archive_state(key: str, data_dir: Path, checksum: bool) -> str:
         archive = locate_archive(key, data_dir)
         if not checksum:
             return "present"
-        return archive_checksum(archive, key) if archive.is_zip else f"folder:{len(archive.names())}"
+        if archive.is_zip:
+            return archive_checksum(archive, key)
+        # no checksum for a folder: every file's name, size and mtime, so an edited file re-executes the chapter
+        return f"folder:{len(archive.names())} files, state {archive.fingerprint()[:16]}"
     except DataError as exc:  # missing or unreadable: the kernel will say why, the stamp just differs
         return f"unavailable: {exc}"
 
@@ -174,11 +188,19 @@ def rerun_reasons(previous: dict | None, parts: dict) -> list[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file and a rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``path`` through a temporary file and a rename: readers see the old or the new file, never half.
+
+    A failed write (disk full, read-only folder) leaves no temporary file and stops the build in one line.
+    """
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise MedadError(f"cannot write {path} ({exc.strerror or exc}); free space or make {path.parent} writable, "
+                         "then rerun: the previous file is unchanged") from exc
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _to_notebook(chapter: str, dest: Path) -> Path:
@@ -220,7 +242,7 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     try:
         parts = stamp_parts(chapter, parameters, data_dir, (previous or {}).get("reads"))
     except (MedadError, OSError) as exc:
-        return _failed(chapter, output, stamp_file, None, one_line(exc), 0.0)
+        return _failed(chapter, output, stamp_file, None, one_line(exc), 0.0, previous=previous)
     reasons = ["--force"] if force else rerun_reasons(previous, parts)
     if not reasons:
         return ChapterOutcome(chapter, "cached", 0.0)
@@ -233,7 +255,10 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     # The kernel inherits this environment: figures must render inline even where
     # MPLBACKEND=Agg is set (tests, headless shells), or the book would have no plots.
     # It also imports the medad this process runs (first on its path), whatever the environment installed.
+    # The data directory travels as the absolute path resolved here; an empty MEDAD_DATA means "not set", so a
+    # relative MEDAD_DATA of the caller's shell never reaches a kernel that runs in another folder.
     kernel_env = {"MEDAD_RUN_DIR": str(run_dir), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                  "MEDAD_DATA": str(data_dir) if data_dir else "",
                   "PYTHONPATH": os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)}
     saved = {k: os.environ.get(k) for k in kernel_env}
     os.environ.update(kernel_env)
@@ -242,13 +267,15 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
         papermill.execute_notebook(
             str(source_nb), str(partial), parameters=parameters, kernel_name="python3",
             cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
-            # the local kernel's start-up warning about unencrypted TCP is noise on the build's console
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # The kernel's own log is noise on the build's console: its start-up warning about unencrypted TCP,
+            # and on Ctrl-C a ZMQ traceback from replying on a socket its shutdown closed. A cell's error
+            # reaches the build through papermill, not through this log.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except Exception as exc:  # a chapter's failure is reported at the end, never hides the others
         if getattr(exc, "ename", "") == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
             raise KeyboardInterrupt from exc
-        return _failed(chapter, output, stamp_file, partial, _short_error(exc), time.perf_counter() - t0, parts)
+        return _failed(chapter, output, stamp_file, partial, _short_error(exc), time.perf_counter() - t0, parts, previous)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -261,30 +288,46 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     partial.unlink(missing_ok=True)
     # the stamp records the parts computed from what this execution read (its imports may have changed)
     parts = stamp_parts(chapter, parameters, data_dir, reads)
-    _write_atomic(stamp_file, json.dumps({"chapter": chapter, "status": "ok", "seconds": round(seconds, 1), "profile": profile,
-                                          "reads": reads, "parts": parts}, indent=1))
+    _write_atomic(stamp_file, json.dumps({"chapter": chapter, "status": "ok", "executed_at": _now(), "seconds": round(seconds, 1),
+                                          "profile": profile, "reads": reads, "parts": parts}, indent=1))
     return ChapterOutcome(chapter, "executed", seconds, reason=reason)
 
 
+def _last_good(output: Path, previous: dict | None) -> str | None:
+    """When ``output`` holds a good execution (by its stamp), the date of that execution; else None."""
+    if not previous or not output.is_file():
+        return None
+    if previous.get("status") == "ok":
+        return previous.get("executed_at") or datetime.fromtimestamp(output.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return previous.get("good_executed_at")  # failed before, and the good execution was kept then
+
+
 def _failed(chapter: str, output: Path, stamp_file: Path, partial: Path | None, error: str, seconds: float,
-            parts: dict | None = None) -> ChapterOutcome:
-    """Install the failed execution (or mark the old output) with an error admonition; stamp it as failed."""
+            parts: dict | None = None, previous: dict | None = None) -> ChapterOutcome:
+    """Show the failure above the last good execution (kept), else above the failed one; stamp it as failed."""
     import nbformat
 
-    if partial is not None and partial.is_file():
-        nb = nbformat.read(partial, as_version=4)
-        partial.unlink()
-    elif output.is_file():
+    good_date = _last_good(output, previous)
+    if good_date:
         nb = nbformat.read(output, as_version=4)
+        shown = f"Below is the last good execution of this chapter, from {good_date}; its results are not from this build."
+    elif partial is not None and partial.is_file():
+        nb = nbformat.read(partial, as_version=4)
+        shown = "What follows stops at the failing cell."
     else:
         nb = _placeholder_notebook(chapter)
-    mark_failed(nb, chapter, error)
+        shown = ""
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    when = _now()
+    mark_failed(nb, chapter, error, when=when, shown=shown)
     _write_atomic(output, nbformat.writes(nb))
-    _write_atomic(stamp_file, json.dumps({"chapter": chapter, "status": "failed", "error": error, "parts": parts}, indent=1))
+    _write_atomic(stamp_file, json.dumps({"chapter": chapter, "status": "failed", "failed_at": when, "error": error,
+                                          "good_executed_at": good_date, "parts": parts}, indent=1))
     return ChapterOutcome(chapter, "failed", seconds, error)
 
 
-def mark_failed(nb, chapter: str, error: str) -> None:
+def mark_failed(nb, chapter: str, error: str, when: str = "", shown: str = "What follows stops at the failing cell.") -> None:
     """Put (or replace) an error admonition under the notebook's title: the book then shows the chapter as failed."""
     import nbformat
 
@@ -293,8 +336,9 @@ def mark_failed(nb, chapter: str, error: str) -> None:
     nb.cells = [c for c in nb.cells if not banners & set(c.get("metadata", {}).get("tags", []))]
     text = error.replace("`", "'")
     cell = nbformat.v4.new_markdown_cell(
-        f":::{{admonition}} The last execution of this chapter failed\n:class: error\n\n`{text}`\n\n"
-        f"What follows stops at the failing cell. Fix the cause and run "
+        f":::{{admonition}} The last execution of this chapter failed\n:class: error\n\n"
+        f"{'Failed on ' + when + ': ' if when else ''}`{text}`\n\n"
+        f"{shown + ' ' if shown else ''}Fix the cause and run "
         f"`python -m medad book --chapters {chapter}` (see \"When something goes wrong\" in Reproducing).\n:::"
     )
     cell.metadata["tags"] = [FAILURE_TAG]
@@ -323,19 +367,26 @@ def build_html(quiet: bool = True) -> subprocess.CompletedProcess:
 def build_book(profile: str = "quick", data_dir: str | None = None, chapters: list[str] | None = None,
                force: bool = False, html: bool = True, echo=print) -> int:
     """Execute the chapters (all, or ``chapters``), build the HTML; return 0 only if everything worked."""
-    from medad.data.registry import resolve_data_dir
+    from medad.data.registry import check_holds_archives, resolve_data_dir
     from medad.profiles import PROFILES
 
     if profile not in PROFILES:
         raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    root = resolve_data_dir(data_dir)
-    if root is not None and not root.is_dir():
-        raise ConfigError(f"data directory {root} does not exist (from --data-dir or MEDAD_DATA)")
+    root = resolve_data_dir(data_dir)  # absolute, against the caller's folder: kernels run elsewhere
+    if root is not None:
+        check_holds_archives(root)
     listed = chapters_from_toc()
+    if chapters is not None and not chapters:
+        raise ConfigError(f"no chapter given; chapters in _toc.yml: {', '.join(listed)} (give none for all)")
     chosen = chapters or listed
     unknown = [c for c in chosen if c not in listed]
     if unknown:
         raise ConfigError(f"unknown chapter(s) {', '.join(unknown)}; chapters in _toc.yml: {', '.join(listed)}")
+    with build_lock():
+        return _build_locked(profile, root, chapters, chosen, listed, force, html, echo)
+
+
+def _build_locked(profile, root, chapters, chosen, listed, force, html, echo) -> int:
     echo(f"medad book: profile={profile}, data={'from ' + str(root) if root else 'synthetic (no data directory given)'}")
     _remove_stale_temporaries()
     outcomes = []
@@ -343,7 +394,7 @@ def build_book(profile: str = "quick", data_dir: str | None = None, chapters: li
         try:
             outcome = execute_chapter(chapter, profile, root, force=force, echo=echo)
         except KeyboardInterrupt:
-            again = " ".join(["python -m medad book --profile", profile, *(["--data-dir", str(root)] if root else []),
+            again = " ".join(["python -m medad book --profile", profile, *(["--data-dir", shlex.quote(str(root))] if root else []),
                               *(["--chapters", ",".join(chapters)] if chapters else [])])
             echo(f"interrupted while executing {chapter}: its previous executed notebook and stamp are kept, and the "
                  f"chapters finished before it are saved; to continue, rerun: {again}")
@@ -371,10 +422,45 @@ def build_book(profile: str = "quick", data_dir: str | None = None, chapters: li
     return status
 
 
+LOCK_NAME = "book.lock"
+
+
+@contextlib.contextmanager
+def build_lock():
+    """Hold ``build/book.lock`` for one build of this tree; a second build stops with who holds it.
+
+    Two builds in one tree would execute into the same ``build/executing`` files and
+    overwrite each other's chapters. The lock is the kernel's (``flock``): it goes
+    away with its process, so a killed build never leaves the tree locked.
+    """
+    import fcntl
+
+    path = REPO_ROOT / "build" / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BusyError(f"another book build is running in {REPO_ROOT} ({holder}); wait for it to finish "
+                            f"(two builds in one tree would overwrite each other's chapters)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {_now()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def _remove_stale_temporaries() -> None:
     """Temporary files an interrupted build left behind (the outputs themselves were never touched)."""
-    for tmp in EXECUTED_DIR.glob(".*.tmp"):
+    for tmp in EXECUTED_DIR.glob(f".*{TEMP_MARK}*"):
         tmp.unlink(missing_ok=True)
+    for partial in (REPO_ROOT / "build" / "executing").glob("*.ipynb"):
+        partial.unlink(missing_ok=True)
 
 
 def _placeholder_notebook(chapter: str):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -95,6 +96,19 @@ def table_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(chapter: str, name) -> str:
+    """A run name is one folder name under ``results/<chapter>/`` (``long-cpu-2026-11-22``): letters, digits, ``.``,
+    ``_``, ``-``, starting with a letter or digit. Anything else (``../mvfa/x``, ``a/b``, ``..``) could read or
+    write another chapter's runs: a ConfigError."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or set(name) == {"."}:
+        raise ConfigError(f"run name {name!r} for chapter {chapter!r} must be one folder name under results/{chapter}/ "
+                          "(letters, digits, '.', '_', '-'; no '/' or '..'), e.g. long-cpu-2026-11-22")
+    return name
+
+
 def write_run(chapter: str, name: str, rows: Iterable[dict] | pd.DataFrame, provenance: dict,
               root: Path | None = None) -> Path:
     """Write ``table.csv`` and ``provenance.json`` of one run; returns the run's folder.
@@ -102,6 +116,7 @@ def write_run(chapter: str, name: str, rows: Iterable[dict] | pd.DataFrame, prov
     ``provenance`` must say the run's ``kind`` (one of RUN_KINDS) and should say its
     ``schedule`` in a few words (what the book prints next to the run's name).
     """
+    check_run_name(chapter, name)
     if provenance.get("kind") not in RUN_KINDS:
         raise ConfigError(f"provenance['kind'] must be one of {', '.join(RUN_KINDS)}, got {provenance.get('kind')!r}")
     table = check_table(pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows), f"run {name}")
@@ -113,7 +128,7 @@ def write_run(chapter: str, name: str, rows: Iterable[dict] | pd.DataFrame, prov
 
 
 def load_run(chapter: str, name: str, root: Path | None = None) -> Run:
-    folder = (root or RESULTS_DIR) / chapter / name
+    folder = (root or RESULTS_DIR) / chapter / check_run_name(chapter, name)
     table_path, prov_path = folder / "table.csv", folder / "provenance.json"
     for path in (table_path, prov_path):
         if not path.is_file():

@@ -362,7 +362,7 @@ def test_data_part_of_the_stamp_checksums_only_archives_read(tmp_path):
     (tmp_path / entry["top"] / "a.png").write_bytes(b"x")
     none_read = pipeline._data_parts(tmp_path, [])
     read = pipeline._data_parts(tmp_path, ["kvasir_seg"])
-    assert none_read["kvasir_seg"] == "present" and read["kvasir_seg"] == "folder:1"
+    assert none_read["kvasir_seg"] == "present" and read["kvasir_seg"].startswith("folder:1 files, state ")
     assert none_read["lidc"].startswith("unavailable: ") and "not found" in none_read["lidc"]
     synthetic = pipeline._data_parts(None, None)
     assert synthetic["data"] == "synthetic" and synthetic["manifest"] == read["manifest"] != "missing"
@@ -485,13 +485,7 @@ def test_notebook_shows_medad_errors_as_one_line_and_records_its_imports(tmp_pat
     monkeypatch.setattr(pipeline, "NOTEBOOKS_DIR", notebooks)
     monkeypatch.setattr(pipeline, "EXECUTED_DIR", tmp_path / "executed")
     monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)
-    ok = pipeline.execute_chapter("kernel", "quick", None)
-    assert ok.status == "executed", ok.error
-    stamp = json.loads((tmp_path / "executed" / "kernel.stamp.json").read_text())
-    modules = stamp["reads"]["modules"]
-    assert "medad/chapter.py" in modules and "medad/params.py" in modules
-    assert not any(m.startswith("medad/models/") for m in modules)  # the atlas never imports the models
-
+    # never executed well before: the failed execution itself is shown, its error as one line
     bad = pipeline.execute_chapter("kernel", "quick", None, extra={"samples_per_grid": -1})
     assert bad.status == "failed"
     assert bad.error.startswith("ConfigError: data_atlas: parameter 'samples_per_grid' = -1"), bad.error
@@ -501,6 +495,13 @@ def test_notebook_shows_medad_errors_as_one_line_and_records_its_imports(tmp_pat
     assert len(errors[0].traceback) == 2 and errors[0].traceback[0].startswith("ConfigError: data_atlas: parameter")
     assert "MEDAD_TRACEBACK=1" in errors[0].traceback[1]
     assert pipeline.FAILURE_TAG in nb.cells[1].metadata["tags"]
+
+    ok = pipeline.execute_chapter("kernel", "quick", None)
+    assert ok.status == "executed", ok.error
+    stamp = json.loads((tmp_path / "executed" / "kernel.stamp.json").read_text())
+    modules = stamp["reads"]["modules"]
+    assert "medad/chapter.py" in modules and "medad/params.py" in modules
+    assert not any(m.startswith("medad/models/") for m in modules)  # the atlas never imports the models
 
     typo = pipeline.execute_chapter("kernel", "quick", None, extra={"samples_per_grd": 3})
     assert typo.error.startswith("ConfigError: data_atlas: unknown parameter(s) samples_per_grd given to papermill"), typo.error

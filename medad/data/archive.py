@@ -5,6 +5,7 @@ an extracted folder must keep that layout, so both sources give the same names.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import zipfile
 from pathlib import Path
@@ -44,18 +45,45 @@ class Archive:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise DataError(f"data directory {data_dir} does not exist (set MEDAD_DATA or pass --data-dir to a folder holding the archives)")
+        found = cls.present(data_dir, archive_name, top)
+        if found is not None:
+            return cls(found, top)
         stem = archive_name[:-4] if archive_name.endswith(".zip") else archive_name
         zip_path = data_dir / archive_name
-        if zip_path.is_file():
-            return cls(zip_path, top)
-        for folder in (data_dir, data_dir / stem):
-            if (folder / top).is_dir():
-                return cls(folder, top)
         where = f" Download it from {download_page}." if download_page else ""
         raise DataError(
             f"{archive_name} not found in {data_dir}: expected one of {zip_path}, "
             f"{data_dir / top}/ or {data_dir / stem / top}/ (an extracted copy keeping the archive's layout).{where}"
         )
+
+    @staticmethod
+    def present(data_dir: Path, archive_name: str, top: str) -> Path | None:
+        """Where :meth:`locate` would read from (the ZIP, or the folder holding ``top``), without opening it; None if absent."""
+        data_dir = Path(data_dir)
+        stem = archive_name[:-4] if archive_name.endswith(".zip") else archive_name
+        if (data_dir / archive_name).is_file():
+            return data_dir / archive_name
+        for folder in (data_dir, data_dir / stem):
+            if (folder / top).is_dir():
+                return folder
+        return None
+
+    def fingerprint(self) -> str:
+        """An extracted folder's state now: a digest of every file's name, size and modification time.
+
+        A folder has no published checksum; this is what stamps and caches of its
+        contents are keyed on, so an edited, blanked or replaced file (or one more,
+        or one fewer) changes it. Hashing every file's bytes would cost as much as
+        reading the dataset, so this trusts sizes and mtimes, as make does.
+        """
+        if self.is_zip:
+            raise ValueError("fingerprint() is for an extracted folder; a ZIP is identified by its SHA-256")
+        digest = hashlib.sha256()
+        root = self.path / self.top
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            st = file.stat()
+            digest.update(f"{file.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     def names(self) -> list[str]:
         return list(self._names)

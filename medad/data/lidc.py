@@ -23,7 +23,8 @@ from medad.data.base import ArchiveDataset, ArrayDataset, DatasetSpec, Entry
 from medad.data.registry import register
 from medad.data.splits import assign_groups, read_split_file
 from medad.data.synthetic import synthetic_lidc
-from medad.errors import DataError
+from medad.data.atomic import atomic_target
+from medad.errors import CacheWarning, DataError
 from medad.runtime import cache_dir
 
 N_GRADERS = 4
@@ -76,9 +77,16 @@ def load_arrays(ds, progress: bool = True) -> dict:
     """
     if isinstance(ds, ArrayDataset):
         return {"images": ds.images, "grader_masks": ds.grader_masks, "groups": np.array(ds.groups)}
-    key = hashlib.sha256((ds.checksum + "\n".join(e.image for e in ds.entries)).encode()).hexdigest()[:20]
-    path = cache_dir() / f"lidc-{ds.split}-{key}.npz"
-    if path.is_file():
+    # an extracted folder has no checksum: its files' sizes and mtimes stand for its contents
+    state = ds.checksum if ds.archive.is_zip else ds.archive.fingerprint()
+    key = hashlib.sha256((state + "\n".join(e.image for e in ds.entries)).encode()).hexdigest()[:20]
+    try:
+        path = cache_dir() / f"lidc-{ds.split}-{key}.npz"
+    except OSError as exc:
+        warnings.warn(CacheWarning(f"cache folder cannot be created ({exc.strerror or exc}); the LIDC split is decoded "
+                                   "without caching it (set MEDAD_CACHE to a writable folder)"), stacklevel=2)
+        path = None
+    if path is not None and path.is_file():
         with np.load(path) as z:
             shape = tuple(z["mask_shape"])
             masks = np.unpackbits(z["grader_bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
@@ -94,9 +102,14 @@ def load_arrays(ds, progress: bool = True) -> dict:
             raise DataError(f"{sample.id}: image is {sample.image.shape}, expected {images.shape[1:]} like the rest of the split")
         images[i], masks[i] = sample.image, sample.grader_masks
     groups = np.array(ds.groups)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, grader_bits=np.packbits(masks), mask_shape=np.array(masks.shape), groups=groups)
-    tmp.replace(path)
+    if path is None:
+        return {"images": images, "grader_masks": masks, "groups": groups}
+    try:
+        with atomic_target(path) as tmp:
+            np.savez(tmp, images=images, grader_bits=np.packbits(masks), mask_shape=np.array(masks.shape), groups=groups)
+    except OSError as exc:  # the arrays are decoded; only the cache is lost
+        warnings.warn(CacheWarning(f"cache folder {path.parent}: cannot write {path.name} ({exc.strerror or exc}); "
+                                   "the LIDC split will be decoded again next time"), stacklevel=2)
     return {"images": images, "grader_masks": masks, "groups": groups}
 
 

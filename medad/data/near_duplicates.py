@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from medad.data.archive import Archive
+from medad.data.atomic import write_atomic
 from medad.data.images import decode_image
+from medad.errors import CacheWarning
 from medad.runtime import cache_dir
 
 THUMB = 16
@@ -73,7 +76,12 @@ def _cache_file(archive: Archive, names: Sequence[str], threshold: float):
         return None  # an extracted folder has no single stamp to key on; recomputed (about a second per 1,000 images)
     st = archive.path.stat()
     key = json.dumps([_VERSION, THUMB, threshold, str(archive.path.resolve()), st.st_size, st.st_mtime_ns, list(names)])
-    return cache_dir() / "near-duplicates" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        return cache_dir() / "near-duplicates" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    except OSError as exc:
+        warnings.warn(CacheWarning(f"cache folder cannot be created ({exc.strerror or exc}); near-duplicates are "
+                                   "computed without caching them (set MEDAD_CACHE to a writable folder)"), stacklevel=3)
+        return None
 
 
 def archive_pairs(archive: Archive, names: Sequence[str], threshold: float = THRESHOLD) -> list[tuple[int, int]]:
@@ -87,8 +95,9 @@ def archive_pairs(archive: Archive, names: Sequence[str], threshold: float = THR
     thumbs = np.stack([thumbnail(decode_image(archive.read(n), archive.where(n), "RGB")) for n in names]) if names else np.zeros((0, THUMB * THUMB))
     pairs = near_duplicate_pairs(thumbs, threshold)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"threshold": threshold, "pairs": pairs}))
-        tmp.replace(path)
+        try:
+            write_atomic(path, json.dumps({"threshold": threshold, "pairs": pairs}))
+        except OSError as exc:  # the pairs are computed; only the cache is lost
+            warnings.warn(CacheWarning(f"cache folder {path.parent}: cannot write ({exc.strerror or exc}); "
+                                       "near-duplicates will be computed again next time"), stacklevel=2)
     return pairs

@@ -53,22 +53,34 @@ def manifest() -> dict:
     return yaml.safe_load((DATA_MANIFEST_DIR / "manifest.yml").read_text())
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The data directory: the argument, else MEDAD_DATA, else None (synthetic data).
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, base: str | os.PathLike | None = None) -> Path | None:
+    """The data directory, as an absolute path: the argument, else MEDAD_DATA, else None (synthetic data).
 
-    A directory that was given but does not exist is a DataError, never a
-    quiet switch to synthetic data.
+    A relative path is taken relative to ``base`` (default: the current working
+    directory), here, where the caller typed it, before it travels anywhere else
+    (a notebook kernel runs in ``notebooks/``). A directory that was given but
+    does not exist is a DataError, never a quiet switch to synthetic data; a
+    value that is not a path (``0``, ``""``) is a ConfigError.
     """
-    given = data_dir not in (None, "")
+    given = data_dir is not None
+    if given and (isinstance(data_dir, bool) or not isinstance(data_dir, (str, os.PathLike))):
+        raise ConfigError(f"data_dir must be a folder path (text) or None for synthetic data, got {data_dir!r} "
+                          f"({type(data_dir).__name__})")
+    if given and not str(os.fspath(data_dir)).strip():
+        raise ConfigError("data_dir / --data-dir is empty; give the folder holding the archives, or leave it out "
+                          "(then MEDAD_DATA, else synthetic data)")
     chosen = data_dir if given else os.environ.get("MEDAD_DATA") or None
     if not chosen:
         return None
     root = Path(chosen).expanduser()
+    if not root.is_absolute():
+        root = Path(base if base is not None else os.getcwd()) / root
+    root = Path(os.path.normpath(root))
     if not root.is_dir():
         source = "the data_dir / --data-dir argument" if given else "MEDAD_DATA"
         raise DataDirectoryError(
-            f"data directory {root} (from {source}) does not exist or is not a folder; point it at the folder "
-            "holding the archives, or give no data directory to run on synthetic data"
+            f"data directory {root} (from {source}: {os.fspath(chosen)!r}) does not exist or is not a folder; point it "
+            "at the folder holding the archives, or give no data directory to run on synthetic data"
         )
     return root
 
@@ -81,8 +93,11 @@ def locate_archive(name: str, data_dir: str | os.PathLike) -> Archive:
 UNVERIFIED = "unverified (no published checksum)"
 
 
-def archive_checksum(archive: Archive, name: str) -> str:
-    """Verify a ZIP against the manifest (once, cached) and say how far it was checked.
+def archive_checksum(archive: Archive, name: str, fresh: bool = False) -> str:
+    """Verify a ZIP against the manifest and say how far it was checked.
+
+    ``fresh``: hash the bytes (once per process), never trusting the on-disk cache
+    (``data verify``, and before a checksum is recorded in provenance).
 
     Returns the SHA-256 when it matched the manifest's; otherwise a text that
     starts with "unverified" (no published checksum, or an extracted folder).
@@ -91,7 +106,7 @@ def archive_checksum(archive: Archive, name: str) -> str:
     if not archive.is_zip:
         return "unverified (extracted folder)"
     expected = manifest()[name].get("sha256")
-    actual = verify_archive(archive.path, expected)
+    actual = verify_archive(archive.path, expected, fresh=fresh)
     return actual if expected else f"{UNVERIFIED}; sha256 {actual}"
 
 
@@ -120,8 +135,11 @@ class ArchiveStatus:
         return self.state not in ("missing", "no data directory")
 
 
-def archive_status(key: str, data_dir: str | os.PathLike | None) -> ArchiveStatus:
-    """Locate, size-check, open and checksum one archive; never raises for a bad archive, it says why instead."""
+def archive_status(key: str, data_dir: str | os.PathLike | None, fresh: bool = False) -> ArchiveStatus:
+    """Locate, size-check, open and checksum one archive; never raises for a bad archive, it says why instead.
+
+    ``fresh``: hash the archive's bytes rather than trust a cached verdict (see :mod:`medad.data.checksums`).
+    """
     entry = manifest()[key]
     expected_name = entry["archive"]
     if data_dir is None:
@@ -137,7 +155,7 @@ def archive_status(key: str, data_dir: str | os.PathLike | None) -> ArchiveStatu
     except DataError as exc:  # no such file or folder, or a file that is not a ZIP
         return ArchiveStatus(key, "unreadable" if path_hint.is_file() else "missing", str(exc))
     try:
-        checksum = archive_checksum(archive, key)
+        checksum = archive_checksum(archive, key, fresh=fresh)
     except ChecksumError as exc:
         return ArchiveStatus(key, "checksum mismatch", str(exc), archive)
     except OSError as exc:
@@ -163,9 +181,9 @@ def unusable(name: str, status: ArchiveStatus, data_dir) -> DataError:
     return error(f"dataset {name!r} needs {manifest()[status.key]['archive']} in {data_dir}: {status.state}. {status.detail}")
 
 
-def dataset_status(name: str, data_dir: str | os.PathLike | None = None) -> list[ArchiveStatus]:
+def dataset_status(name: str, data_dir: str | os.PathLike | None = None, fresh: bool = False) -> list[ArchiveStatus]:
     """The status of every archive a registered dataset reads (two for a composed one)."""
-    return [archive_status(key, data_dir) for key in get_spec(name).archive_keys]
+    return [archive_status(key, data_dir, fresh) for key in get_spec(name).archive_keys]
 
 
 def open_dataset(
@@ -196,7 +214,7 @@ def open_dataset(
         return spec.make_synthetic(split=split, seed=seed, n=n)
     if root is None:
         raise ConfigError(f"dataset {name!r}: real data asked for (synthetic=False) but no data directory given; set MEDAD_DATA or pass data_dir")
-    statuses = dataset_status(name, root)
+    statuses = dataset_status(name, root, fresh=True)  # its checksum goes into provenance: from the bytes
     for status in statuses:
         if not status.usable:
             raise unusable(name, status, root)
@@ -213,6 +231,8 @@ def available_real(data_dir: str | os.PathLike | None = None) -> dict[str, bool]
     archive must never quietly turn into synthetic data.
     """
     root = resolve_data_dir(data_dir)
+    if root is not None:
+        check_holds_archives(root)
     found = {}
     for name in list_datasets():
         statuses = dataset_status(name, root)
@@ -221,3 +241,16 @@ def available_real(data_dir: str | os.PathLike | None = None) -> dict[str, bool]
             raise unusable(name, broken[0], root)
         found[name] = all(s.usable for s in statuses)
     return found
+
+
+def archives_found(data_dir: str | os.PathLike) -> list[str]:
+    """Manifest keys of the archives (ZIP or extracted folder) present in ``data_dir``, whatever their state."""
+    return [key for key, entry in manifest().items() if Archive.present(Path(data_dir), entry["archive"], entry["top"])]
+
+
+def check_holds_archives(data_dir: str | os.PathLike) -> None:
+    """A data directory that holds none of the manifest's archives is a mistake (the wrong folder), never synthetic data."""
+    if not archives_found(data_dir):
+        names = ", ".join(entry["archive"] for entry in manifest().values())
+        raise DataError(f"data directory {data_dir} holds none of the archives medad reads ({names}, or their extracted "
+                        "folders); point it at the folder holding them, or give no data directory to run on synthetic data")

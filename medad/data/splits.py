@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from medad.errors import DataError
+from medad.data.atomic import write_atomic
+from medad.errors import ConfigError, DataError
 from medad.paths import SPLITS_DIR
 
 SPLITS = ("train", "val", "test")
@@ -29,6 +30,8 @@ SPLITS = ("train", "val", "test")
 
 def make_group_split(groups: Sequence[str], fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[str]]:
     """Shuffle the distinct groups with ``seed`` and cut them by ``fractions`` into train/val/test."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ConfigError(f"split seed must be a whole number in 0..2**63-1, got {seed!r}")
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     unique = sorted(set(groups))
@@ -59,8 +62,7 @@ def write_split_file(name: str, groups: Sequence[str], fractions=(0.7, 0.15, 0.1
         **split,
     }
     path = split_file(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_atomic(path, json.dumps(payload, indent=1) + "\n")  # the committed split is never left half-written
     return path
 
 

@@ -35,7 +35,6 @@ from typing import Any, Callable, Iterable, Sequence
 from medad.errors import ConfigError
 from medad.experiment.checkpoint import atomic_write_json, jsonable, settings_differences
 
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Provenance keys every run writes (a chapter's extra keys may not reuse them).
 PROVENANCE_KEYS = ("chapter", "run", "run_id", "kind", "profile", "schedule", "precision", "parameters", "commit",
                    "code_sha256", "command", "device", "threads", "data", "started", "finished", "seconds",
@@ -46,7 +45,9 @@ RESUMABLE_PARAMETERS = {"threads", "device", "checkpoint_every", "log_every"}
 
 def check_run_name(name: str, what: str = "run name") -> str:
     """A run name becomes a folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
-    if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or name in (".", ".."):
+    from medad.results import RUN_NAME
+
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or set(name) == {"."}:
         raise ConfigError(f"{what} {name!r}: a run name is one folder name of letters, digits, '.', '_' and '-' "
                           "(at most 100, starting with a letter or digit), e.g. long-cpu-2026-12-03")
     return name

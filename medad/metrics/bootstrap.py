@@ -37,6 +37,8 @@ def bootstrap_ci(values, groups, n_boot: int = 1000, level: float = 0.95, seed: 
     groups = np.asarray(groups)
     if values.ndim != 2 or len(groups) != len(values):
         raise ConfigError(f"values {values.shape} and groups {groups.shape} must have the same length")
+    if len(values) == 0:  # no slices: a mean and interval of nothing would be NaN, silently
+        raise ConfigError("bootstrap_ci needs at least one value; got none (an empty test set or selection)")
     if not 0 < level < 1 or n_boot < 1:
         raise ConfigError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
     _, inverse = np.unique(groups, return_inverse=True)

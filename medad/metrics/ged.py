@@ -66,6 +66,11 @@ def _as_bool_tensor(x, name: str, device=None) -> torch.Tensor:
     if t.dtype != torch.bool:
         if t.is_floating_point():
             raise ConfigError(f"{name} must be boolean (or 0/1 integer) masks, got dtype {t.dtype}; threshold them first")
+        if t.numel() and (t.min() < 0 or t.max() > 1):  # a label map or 0/255 mask is not a set of binary masks
+            found = torch.unique(t)
+            shown = ", ".join(str(int(v)) for v in found[:8]) + (", ..." if len(found) > 8 else "")
+            raise ConfigError(f"{name} must be binary masks (bool, or integers 0/1), got values {{{shown}}}; "
+                              "threshold them (e.g. mask > 0) or pick one label first")
         t = t != 0
     if t.dim() != 4:
         raise ConfigError(f"{name} must have shape (images, masks, H, W), got {tuple(t.shape)}")
@@ -347,7 +352,7 @@ def _iou_loop(a: np.ndarray, b: np.ndarray, empty: str) -> float:
 def ged_reference(samples, graders, empty: str = "match", include_diagonal: bool = True) -> np.ndarray:
     """The straightforward per-image, per-pair loop (NumPy) for the same GED: the tests' and benchmark's reference."""
     _check_empty(empty)
-    samples, graders = np.asarray(samples, bool), np.asarray(graders, bool)
+    samples, graders = _as_bool_tensor(samples, "samples").numpy(), _as_bool_tensor(graders, "graders").numpy()
     out = np.empty(len(samples))
     mean_sy = np.nanmean if empty == "ignore" else np.mean
     mean_ss = np.nanmean if empty == "ignore" else np.mean
