@@ -85,10 +85,11 @@ reported = load_reported("vip")
 #
 # The numbers in this section come from the committed run
 # **{glue:text}`long_label`**, not from this build. Each trained method was
-# selected on the validation split and tested once; the interval of a trained
-# method is Student's *t* over its seeds, that of a deterministic one
-# (zero-shot, linear probe) a patient-level bootstrap over test images. All in
-# percent, STAND-IN backbones.
+# selected on the validation split and tested once. A deterministic method
+# (zero-shot, linear probe) has a 95% patient-level bootstrap interval over
+# test images; a trained one shows its mean and s.d. over seeds, with an
+# interval where the run stored per-image predictions (see "Intervals" in
+# Reproducing). All in percent, STAND-IN backbones.
 
 # %% tags=["remove-input"]
 if headline is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medad.results import format_interval
+from medad.results import format_row
 from medad.train.egc_experiment import CLS_DATASET, PAIRED_SETTING, SEG_DATASET, STANDIN
 
 CLS_COLUMNS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "specificity": "Specificity",
@@ -26,8 +26,7 @@ def _cells(table: pd.DataFrame, columns: dict, digits: int = 3) -> pd.DataFrame:
     part = table[table["metric"].isin(columns)]
     if part.empty:
         return pd.DataFrame(columns=["Method", *columns.values()])
-    shown = part.assign(cell=[format_interval(v, lo, hi, digits) for v, lo, hi in
-                              zip(part["value"], part["ci_low"], part["ci_high"])])
+    shown = part.assign(cell=[format_row(r, digits) for r in part.to_dict("records")])
     wide = shown.pivot_table(index="method", columns="metric", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=[c for c in columns if c in wide.columns]).rename(columns=columns)
     wide.columns.name = None
@@ -150,7 +149,7 @@ def mining_sentence(ours: pd.DataFrame) -> str:
     """What adding attention mining to GAIN changed in the run: accuracy, attention IoU, pointing game."""
     def cell(prefix, metric):
         hit = ours[ours["method"].str.startswith(prefix) & (ours["metric"] == metric)]
-        return (format_interval(*hit[["value", "ci_low", "ci_high"]].iloc[0].tolist()) if len(hit) else None)
+        return format_row(hit.iloc[0]) if len(hit) else None
 
     pairs = [(m, cell("GAIN (", m), cell("GAIN + attention mining", m))
              for m in ("accuracy", "attention_iou", "pointing_game")]

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from medad.results import format_interval
+from medad.results import format_row
 
 DATASET_TITLES = {
     "lgg_brain_ad": "LGG brain MRI", "endoscopy_ad": "Endoscopy", "chest_xray": "Chest X-ray", "brain_mri": "Brain MRI",
@@ -23,11 +23,11 @@ def strip_backbone(method: str) -> str:
 
 
 def _cell(r) -> str:
-    return format_interval(r["value"], r["ci_low"], r["ci_high"], digits=3)
+    return format_row(r, digits=3)
 
 
 def paper_shape(table: pd.DataFrame, setting: str, method: str, label: str) -> pd.DataFrame:
-    """One row per dataset, AC and AS columns of ``method`` in ``setting`` (value and 95% interval over seeds)."""
+    """One row per dataset, AC and AS columns of ``method`` in ``setting`` (value, interval, s.d. over seeds)."""
     t = table[(table["setting"] == setting) & (table["method"].map(strip_backbone) == method)]
     if t.empty:
         return pd.DataFrame()

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from medad.results import format_interval
+from medad.results import format_interval, format_row
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 # The paper's Pneumonia split (Fang et al. 2024, Sec. 3.1; xiaofang007/ViP DATA/Pneumonia): 9:1 of the official train folder.
@@ -15,8 +15,7 @@ DATASET_NAMES = {"chest_xray": "chest X-ray (Pneumonia)", "brain_mri": "brain MR
 
 
 def _cells(table: pd.DataFrame, percent: bool = True) -> pd.Series:
-    return pd.Series([format_interval(v, lo, hi, digits=1, percent=percent)
-                      for v, lo, hi in zip(table["value"], table["ci_low"], table["ci_high"])], index=table.index)
+    return pd.Series([format_row(r, digits=1, percent=percent) for r in table.to_dict("records")], index=table.index)
 
 
 def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.DataFrame:
@@ -29,7 +28,7 @@ def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.Data
     table["column"] = [f"{DATASET_NAMES.get(d, d)}: {METRIC_NAMES.get(m, m)}" for d, m in zip(table["dataset"], table["metric"])]
     wide = table.pivot_table(index="method", columns="column", values="cell", aggfunc="first", sort=False).fillna("–")
     wide.columns.name = None
-    wide.index.name = "method (backbone), % with 95% interval"
+    wide.index.name = "method (backbone), % (95% interval) s.d. over seeds"
     return wide
 
 
@@ -43,7 +42,7 @@ def reported_comparison(rows, reported: pd.DataFrame, method_prefix: str = "ViP 
         line = {"dataset": DATASET_NAMES.get(dataset, dataset), "metric": METRIC_NAMES.get(metric, metric)}
         for _, r in group.iterrows():
             label = r["method"][len(method_prefix):].strip(" []") or "this run"
-            line[f"here: {label}"] = format_interval(r["value"], r["ci_low"], r["ci_high"], digits=1, percent=True)
+            line[f"here: {label}"] = format_row(r, digits=1, percent=True)
         theirs = rep[(rep["dataset"] == dataset) & (rep["metric"] == metric)]
         line["reported (3 CLIP backbones)"] = (format_interval(theirs["value"].iloc[0], digits=1, percent=True)
                                                 if len(theirs) else "– (not in the paper)")
