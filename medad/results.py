@@ -327,6 +327,10 @@ def convert_run(folder: str | Path) -> dict:
                "and show the spread over seeds (seed_sd) instead; nothing was retrained",
         **counts,
     }
+    if counts["seed_sd_from_t_interval"]:
+        note["seed_sd_recovery"] = ("no per-seed values stored: seed_sd = half-width x sqrt(k) / t(0.975, k-1) of the removed "
+                                    "t-interval, which is exact (to the table's 6 digits) since that interval was "
+                                    "mean +- t x s.d. / sqrt(k)")
     if counts["rows_over_seeds_without_sd"]:
         note["seed_sd_missing"] = (f"{counts['rows_over_seeds_without_sd']} rows over several seeds had no interval and "
                                    "no stored per-seed values (e.g. averages over datasets or backbones): their seed_sd "
