@@ -52,6 +52,9 @@ def image_statistics(ds: Dataset, n: int, seed: int) -> pd.DataFrame:
 
 
 def summarise_statistics(stats: pd.DataFrame) -> dict:
+    """Sizes, channels, intensity and mask area of the measured images; ``{"images_measured": 0}`` for none."""
+    if stats.empty:
+        return {"images_measured": 0}
     sizes = stats.groupby(["height", "width"]).size().sort_values(ascending=False)
     return {
         "images_measured": len(stats),
@@ -144,35 +147,45 @@ def overlay_by_class(ds: Dataset, n: int, seed: int) -> dict[str, dict]:
 
 def plot_overlay_maps(survey: dict[str, dict], sources: dict[str, str], title: str):
     """Per-pixel overlay frequency: one row per overlay kind, one column per source, and a last column with the
-    smaller of the sources' shares (high only where every source shows the overlay). Each row has its own scale."""
+    smaller of the sources' shares (high only where every source shows the overlay). Each row has its own scale,
+    shown by its colour bar."""
+    import textwrap
+
     import matplotlib.pyplot as plt
+
+    from medad.reports.style import WIDTH_IN
 
     kinds = (("black", "screen black"), ("text", "white text"))
     ncols = len(survey) + 1
-    fig, axes = plt.subplots(2, ncols, figsize=(2.7 * ncols + 0.8, 5.6), squeeze=False, layout="constrained")
+    panel = (WIDTH_IN - 1.4) / ncols
+    fig, axes = plt.subplots(2, ncols, figsize=(WIDTH_IN, 2 * (panel + 0.35) + 0.9), squeeze=False, layout="constrained")
     for row, (kind, what) in zip(axes, kinds):
         maps = [m[kind] for m in survey.values()] + [np.min([m[kind] for m in survey.values()], axis=0)]
         top = max(float(np.max(maps)), 0.05)
         for ax, image, name in zip(row, maps, [sources[c] for c in survey] + ["common to both"]):
             im = ax.imshow(image, vmin=0, vmax=top, cmap="magma")
-            ax.set_title(name, fontsize=8)
-            ax.set_xlabel("x (pixel)", fontsize=7)
-            ax.tick_params(labelsize=6)
-        row[0].set_ylabel(f"{what}\ny (pixel)", fontsize=8)
-        fig.colorbar(im, ax=row.tolist(), shrink=0.85, label=f"share of frames ({what})")
-    fig.suptitle(f"{title}\n(frames resized to {MAP_SIZE}x{MAP_SIZE})", fontsize=9)
+            ax.set_title(name)
+            ax.set_xticks([]), ax.set_yticks([])  # pixel positions say nothing here; the frame does
+        row[0].set_ylabel(what)
+        fig.colorbar(im, ax=row.tolist(), shrink=0.9, label="share of frames")
+    fig.suptitle(textwrap.fill(f"{title} (frames resized to {MAP_SIZE}x{MAP_SIZE})", 75))
     return fig
 
 
 def plot_duplicate_groups(ds: Dataset, groups: list[list[int]], max_groups: int = 5, max_members: int = 4):
     """One row per near-duplicate group: its frames side by side, each titled with its thumbnail distance to the first."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     from medad.data.near_duplicates import thumbnail
+    from medad.reports.style import WIDTH_IN
     from medad.viz import show_image
 
     shown = groups[:max_groups]
-    fig, axes = plt.subplots(max(len(shown), 1), max_members, figsize=(1.9 * max_members, 2.0 * max(len(shown), 1)), squeeze=False)
+    size = WIDTH_IN / max_members
+    fig, axes = plt.subplots(max(len(shown), 1), max_members, figsize=(WIDTH_IN, (size + 0.3) * max(len(shown), 1) + 0.6),
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for row, members in zip(axes, shown):
@@ -182,6 +195,6 @@ def plot_duplicate_groups(ds: Dataset, groups: list[list[int]], max_groups: int 
             thumb = thumbnail(s.image)
             first = thumb if first is None else first
             show_image(ax, s.image, f"{s.id.rsplit('/', 1)[1][:8]}…  Δ={np.abs(thumb - first).mean():.1f}")
-    fig.suptitle(f"{ds.display_name} ({ds.split}): near-duplicate groups (Δ: mean gray-level difference of 16x16 thumbnails)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(textwrap.fill(f"{ds.display_name} ({ds.split}): near-duplicate groups (Δ: mean gray-level difference "
+                               "of 16x16 thumbnails)", 75))
     return fig

@@ -1,4 +1,8 @@
-"""Plotting helpers shared by the chapters: image grids with mask overlays and grader outlines."""
+"""Plotting helpers shared by the chapters: image grids with mask overlays and grader outlines.
+
+Sizes and type follow the book's figure style (:mod:`medad.reports.style`): a grid is as wide as
+the page's column, whatever its number of columns, and its titles are 10 pt.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -11,7 +15,7 @@ GRADER_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f
 
 def show_image(ax, image: np.ndarray, title: str = "") -> None:
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title)
     ax.axis("off")
 
 
@@ -32,11 +36,15 @@ def outline_masks(ax, masks: np.ndarray, colours: Sequence[str] = GRADER_COLOURS
             ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
 
 
-def sample_grid(samples, class_names: Sequence[str] = (), title: str = "", ncols: int = 6, size: float = 1.7):
-    """A grid of samples, masks overlaid (grader masks outlined when a sample has them)."""
+def sample_grid(samples, class_names: Sequence[str] = (), title: str = "", ncols: int = 6):
+    """A grid of samples at the column's width, masks overlaid (grader masks outlined when a sample has them)."""
+    from medad.reports.style import WIDTH_IN
+
     samples = list(samples)
     nrows = max(1, int(np.ceil(len(samples) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    size = WIDTH_IN / ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN, (size + 0.25) * nrows + (0.4 if title else 0)),
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, s in zip(axes.ravel(), samples):
@@ -47,6 +55,5 @@ def sample_grid(samples, class_names: Sequence[str] = (), title: str = "", ncols
         else:
             overlay_mask(ax, s.mask)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
     return fig

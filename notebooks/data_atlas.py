@@ -81,7 +81,7 @@ else:
 # for most lesions a single "correct" segmentation does not exist.
 
 # %% tags=["remove-input"]
-display(common.show_table(report.overview_table(names, real), caption="The registered datasets and what this build used"))
+display(common.show_table(report.overview_table(names, real, run.data_dir), caption="The registered datasets and what this build used"))
 
 # %% [markdown]
 # Every dataset is read through one API; a sample carries its image, label and

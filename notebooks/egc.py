@@ -83,7 +83,8 @@ headline = headline_run("egc", long_run)
 # On the stand-in test split, GAIN reaches an accuracy of
 # {glue:text}`h_gain_acc:.3f` and ROC AUC {glue:text}`h_gain_auc:.3f`; the plain
 # classifier on the same backbone {glue:text}`h_plain_acc:.3f` and
-# {glue:text}`h_plain_auc:.3f` (mean over seeds, 95% t-interval in the table).
+# {glue:text}`h_plain_auc:.3f` (mean over seeds; the table adds the s.d. over
+# seeds, and intervals where the run stored per-image scores, see "Intervals" in Reproducing).
 # The paper reports an accuracy of {glue:text}`r_gain_acc:.4f` for GAIN-ResNet-50 on
 # its private gastric images: a different organ, lesion type, backbone and
 # data set, so the two columns are side by side, not comparable.
@@ -160,7 +161,7 @@ report.show(report.classification_table(h_table, reported, h_label),
 # %% tags=["remove-input"]
 report.show(report.attention_table(h_table),
             "Attention and shortcut checks on the test split of the STAND-IN (endoscopy_ad: lower-GI polyps "
-            "vs normal colon frames); mean over seeds (95% t-interval; with 3 seeds it can pass 1).")
+            "vs normal colon frames); mean over seeds and s.d. over seeds.")
 
 # %% [markdown]
 # **Segmentation ablation.** Same budget for the four networks, the epoch with

@@ -79,16 +79,16 @@ headline = headline_run("mvfa", long_run)
 # The chapter's headline is its best committed run, **{glue:text}`headline_label`**.
 # It was not recomputed in this build: the tables below are read from
 # `results/mvfa/<run>/table.csv`. Cells are image AUC (AC) and pixel AUC (AS),
-# the mean over seeds with a 95% Student-t interval; "average" is the mean over
+# the mean over seeds with, where the run stored per-image scores, a 95%
+# bootstrap interval over test images, and the standard deviation over seeds
+# (s.d.; see "Intervals" in Reproducing); "average" is the mean over
 # datasets. With K = {glue:text}`headline_k` normal and K abnormal support
 # images, MVFA on the STAND-IN reaches an average image AUC of
 # {glue:text}`h_few_ac:.3f` over our four datasets, and
 # {glue:text}`h_lgg_as:.3f` pixel AUC on LGG brain MRI. The paper reports
 # {glue:text}`r_few_ac:.3f` average image AUC with CLIP ViT-L/14-336 on BMAD:
 # a different backbone and different data, so the two are not comparable
-# one-to-one. With three seeds the Student-t intervals are wide, and where the
-# seeds disagree they reach past 1, which an AUC cannot: read them as "the
-# seeds disagree", not as a range of possible AUCs.
+# one-to-one. A large s.d. means the seeds disagree.
 
 # %% tags=["remove-input"]
 if headline is None:

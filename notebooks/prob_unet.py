@@ -270,9 +270,9 @@ display(common.show_table(report.model_table(table, ts), caption=f"This build ({
 # ### Samples next to the graders
 #
 # Test slices marked by one, two, three and four graders (the largest lesion
-# of each kind): the image, the four graders' masks (an empty panel means that
-# grader did not mark the slice), the first four Probabilistic U-Net samples,
-# then one sample of each baseline.
+# of each kind): the image with every grader's outline in its own colour, the
+# first four Probabilistic U-Net samples (PU 1–4), then one sample of each
+# baseline.
 
 # %% tags=["remove-input"]
 common.show_figure(report.samples_figure(report.examples_from_build(data["test"], out["evals"], out["pick"]), kind),

@@ -64,7 +64,7 @@ import torch
 from IPython.display import Markdown, display
 
 from medad.chapter import ChapterRun
-from medad.reports import vip as report
+from medad.reports import common, vip as report
 from medad.results import headline_run, load_reported
 from medad.symptoms import load_symptoms
 from medad.train import vip_experiment as vx
@@ -85,10 +85,11 @@ reported = load_reported("vip")
 #
 # The numbers in this section come from the committed run
 # **{glue:text}`long_label`**, not from this build. Each trained method was
-# selected on the validation split and tested once; the interval of a trained
-# method is Student's *t* over its seeds, that of a deterministic one
-# (zero-shot, linear probe) a patient-level bootstrap over test images. All in
-# percent, STAND-IN backbones.
+# selected on the validation split and tested once. A deterministic method
+# (zero-shot, linear probe) has a 95% patient-level bootstrap interval over
+# test images; a trained one shows its mean and s.d. over seeds, with an
+# interval where the run stored per-image predictions (see "Intervals" in
+# Reproducing). All in percent, STAND-IN backbones.
 
 # %% tags=["remove-input"]
 if headline is None:
@@ -120,7 +121,8 @@ run.glue("here_val", int(long_sizes.get("val", 0)))
 run.glue("here_test", int(long_sizes.get("test", 0)))
 run.glue("here_train", int(long_cfg.get("train_images") or long_sizes.get("train", 0)))
 if headline is not None:
-    display(report.reported_comparison(rows, reported))
+    display(common.show_table(report.reported_comparison(rows, reported), index=False,
+                              caption="ViP here (STAND-IN backbones) and reported (CLIP), in %"))
     chest = "chest_xray"
     run.glue("zs_gain_here", 100 * (report.value(rows, chest, "main", "zero-shot, symptoms")
                                     - report.value(rows, chest, "main", "zero-shot, class names")))
@@ -181,9 +183,10 @@ if headline is not None:
 # How much the symptoms matter then depends on how far training moves $g_c$
 # (here 5 epochs on 600 images; the paper trains 50 epochs with CLIP).
 #
-# What the Merge Prompt learnt to rely on: its attention weight on each
-# symptom of each class at the selected checkpoint (bars: mean over seeds,
-# whiskers: min and max; dotted: uniform weights, i.e. the plain mean). In this
+# What the Merge Prompt learnt to rely on: its attention weights over the
+# symptoms of each class at the selected checkpoint, summarised per class in
+# the table below against the uniform weight 1/K (the plain mean over the K
+# symptoms). In this
 # run no weight is farther than {glue:text}`att_max_dev:.4f` from uniform: with
 # $g_c \sim \mathcal N(0, 0.02^2)$ the attention logits start near zero and five
 # epochs at the official learning rate do not move them, so here the Merge
@@ -194,11 +197,8 @@ att_dev = float("nan")
 if headline is not None and (headline.path / "attention.csv").is_file():
     att = pd.read_csv(headline.path / "attention.csv")
     att_dev = float((att["weight"] - 1 / att.groupby(["dataset", "backbone", "seed", "class"])["weight"].transform("size")).abs().max())
-    first_bb = att["backbone"].iloc[0]
-    for ds_name in att["dataset"].unique():
-        part = att[(att.dataset == ds_name) & (att.backbone == first_bb)]
-        report.attention_figure(part, f"Merge Prompt attention, {report.DATASET_NAMES.get(ds_name, ds_name)} ({first_bb}, {headline.name})")
-        plt.show()
+    display(common.show_table(report.attention_table(att), index=False, digits=4,
+                              caption=f"Merge Prompt attention weights of {headline.name}, over symptoms and seeds"))
 run.glue("att_max_dev", att_dev)
 
 # %% [markdown]

@@ -230,7 +230,7 @@ def test_report_tables_name_the_standin_and_keep_reported_apart():
             row(E.STANDIN[E.SEG_DATASET], "test", "CA-U-Net", "iou", 0.5, 0.45, 0.55, 1, 100)]
     table = pd.DataFrame(rows)
     cls = report.classification_table(table, load_reported("egc"), "run-x")
-    assert cls.loc[0, "Accuracy"] == "0.920 (0.870–0.970)" and "STAND-IN" in cls.loc[0, "Data"]
+    assert cls.loc[0, "Accuracy"] == "0.920 s.d. 0.020" and "STAND-IN" in cls.loc[0, "Data"]
     assert cls["Method"].str.endswith("(reported)").sum() == len(cls) - 1
     seg = report.segmentation_table(table, load_reported("egc"), "run-x")
     assert seg.loc[0, "IoU"] == "0.500 (0.450–0.550)" and "STAND-IN" in seg.loc[0, "Data"]

@@ -231,7 +231,7 @@ def test_experiment_end_to_end_on_synthetic_data_resumes(tmp_path, monkeypatch):
     assert len(main) == 12 and set(main.metric) == {"accuracy", "macro_f1"}
     assert table["value"].between(0, 1).all()
     vip = main[main.method.str.startswith("ViP")]
-    assert (vip.seeds == 2).all() and vip.ci_low.notna().all()
+    assert (vip.seeds == 2).all() and vip.seed_sd.notna().all()
     zs = main[main.method.str.startswith("zero-shot, class names")]
     assert (zs.seeds == 1).all() and (zs.ci_low <= zs.value).all() and (zs.value <= zs.ci_high).all()
     assert {a["class"] for a in out["attention"]} == {"NORMAL", "PNEUMONIA"}

@@ -1,7 +1,6 @@
 """Report plumbing of the Backbones appendix: tables and figures of the stand-in's checks, speed, embeddings."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -37,17 +36,22 @@ def caption_figure(pictures, match: dict, name: str):
     import seaborn as sns
     from PIL import Image
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1, 5]})
+    from medad.reports import style
+
+    fig, axes = style.subplots(1, 2, height=4.2, gridspec_kw={"width_ratios": [1, 6]}, layout="constrained")
     strip = np.concatenate([np.asarray(Image.fromarray(p.load()).resize((96, 96))) for p in pictures], axis=0)
     axes[0].imshow(strip)  # one picture per heatmap row, same order
-    axes[0].set_title("pictures", fontsize=9)
+    axes[0].set_title("pictures")
     axes[0].axis("off")
-    sns.heatmap(pd.DataFrame(match["similarity"], index=match["pictures"], columns=match["captions"]), annot=True,
-                fmt=".2f", cmap="viridis", cbar=False, ax=axes[1])
-    axes[1].set(xlabel="caption", ylabel="picture")
-    axes[1].set_title(f"{name} (STAND-IN): cosine similarity of picture and caption (unitless)", fontsize=9)
-    axes[1].tick_params(axis="x", labelrotation=30, labelsize=8)
-    fig.tight_layout()
+    prefix = "a photo of "
+    captions = [c.removeprefix(prefix) if c.startswith(prefix) else c for c in match["captions"]]
+    sns.heatmap(pd.DataFrame(match["similarity"], index=match["pictures"], columns=captions), annot=True,
+                fmt=".2f", cmap="viridis", cbar=False, ax=axes[1], annot_kws={"fontsize": style.MIN_FONT_PT})
+    axes[1].set(xlabel=f"caption ('{prefix}…')", ylabel="picture")
+    axes[1].set_title(f"{name} (STAND-IN): cosine of picture and caption")
+    axes[1].tick_params(axis="x", labelrotation=40)
+    for label in axes[1].get_xticklabels():
+        label.set_horizontalalignment("right")
     return fig
 
 
@@ -68,12 +72,13 @@ def speed_rows(names, standin, device: str, n_images: int, repeats: int, seed: i
 
 
 def speed_figure(speed: pd.DataFrame, device: str):
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(speed) + 1.2))
+    from medad.reports import style
+
+    fig, ax = style.subplots(height=0.45 * len(speed) + 1.4, layout="constrained")
     ax.barh(speed.index, speed["images/s"], color="tab:blue")
     ax.invert_yaxis()
     ax.set(xlabel="images per second (higher is faster)", ylabel="backbone",
            title=f"encode_image speed on {device}")
-    fig.tight_layout()
     return fig
 
 
@@ -115,18 +120,29 @@ def layouts(emb: np.ndarray, perplexity: float, neighbours: int, seed: int) -> d
 
 
 def layout_figure(points: pd.DataFrame, xy: np.ndarray, method: str, name: str, suffix: str):
+    """Two panels: every image coloured by its dataset; then, for the datasets with several labels, by label.
+
+    Each panel has its own legend under it, at the book's type size: the label panel greys out
+    the datasets with one label only, so its legend lists just the labels worth telling apart.
+    """
+    import textwrap
+
     import seaborn as sns
 
+    from medad.reports import style
+
     points = points.assign(x=xy[:, 0], y=xy[:, 1])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    several = points.groupby("dataset")["label"].transform("nunique") > 1
+    fig, axes = style.subplots(1, 2, height=5.6, layout="constrained")
     sns.scatterplot(data=points, x="x", y="y", hue="dataset", palette="dark", s=14, linewidth=0, ax=axes[0])
-    sns.scatterplot(data=points, x="x", y="y", hue="label", style="dataset", palette="tab20", s=14, linewidth=0,
+    axes[1].scatter(points.loc[~several, "x"], points.loc[~several, "y"], s=8, color="#cccccc", linewidths=0,
+                    label="one-label datasets")
+    sns.scatterplot(data=points[several], x="x", y="y", hue="label", palette="tab10", s=14, linewidth=0,
                     ax=axes[1])  # another palette: a label's colour must not suggest a dataset of the left panel
-    fig.suptitle(f"{method} of {name} (STAND-IN) image embeddings{suffix}", fontsize=10)
-    for ax, by in zip(axes, ("dataset", "dataset and label")):
-        ax.set_title(f"coloured by {by}", fontsize=9)
+    fig.suptitle(textwrap.fill(f"{method} of {name} (STAND-IN) image embeddings{suffix}", 70))
+    for ax, by in zip(axes, ("dataset", "label")):
+        ax.set_title(f"coloured by {by}")
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_xlabel(f"{method} 1 (arbitrary units)"), ax.set_ylabel(f"{method} 2 (arbitrary units)")
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=1.5)
-    fig.tight_layout()
+        ax.set_xlabel(f"{method} 1 (a.u.)"), ax.set_ylabel(f"{method} 2 (a.u.)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=1, markerscale=1.5, frameon=False)
     return fig

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medad.results import format_interval
+from medad.results import format_row
 from medad.train.egc_experiment import CLS_DATASET, PAIRED_SETTING, SEG_DATASET, STANDIN
 
 CLS_COLUMNS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "specificity": "Specificity",
@@ -26,8 +26,7 @@ def _cells(table: pd.DataFrame, columns: dict, digits: int = 3) -> pd.DataFrame:
     part = table[table["metric"].isin(columns)]
     if part.empty:
         return pd.DataFrame(columns=["Method", *columns.values()])
-    shown = part.assign(cell=[format_interval(v, lo, hi, digits) for v, lo, hi in
-                              zip(part["value"], part["ci_low"], part["ci_high"])])
+    shown = part.assign(cell=[format_row(r, digits) for r in part.to_dict("records")])
     wide = shown.pivot_table(index="method", columns="metric", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=[c for c in columns if c in wide.columns]).rename(columns=columns)
     wide.columns.name = None
@@ -62,10 +61,12 @@ def segmentation_table(ours: pd.DataFrame, reported: pd.DataFrame | None, label:
 
 
 def show(table: pd.DataFrame, caption: str) -> None:
-    """Display a table without its index, with a caption."""
+    """Display a table the way every chapter does (``common.show_table``): without its index, with a caption."""
     from IPython.display import display
 
-    display(table.style.hide(axis="index").set_caption(caption))
+    from medad.reports.common import show_table
+
+    display(show_table(table, caption=caption, index=False))
 
 
 def sources(reported: pd.DataFrame, metrics: dict) -> str:
@@ -150,7 +151,7 @@ def mining_sentence(ours: pd.DataFrame) -> str:
     """What adding attention mining to GAIN changed in the run: accuracy, attention IoU, pointing game."""
     def cell(prefix, metric):
         hit = ours[ours["method"].str.startswith(prefix) & (ours["metric"] == metric)]
-        return (format_interval(*hit[["value", "ci_low", "ci_high"]].iloc[0].tolist()) if len(hit) else None)
+        return format_row(hit.iloc[0]) if len(hit) else None
 
     pairs = [(m, cell("GAIN (", m), cell("GAIN + attention mining", m))
              for m in ("accuracy", "attention_iou", "pointing_game")]
@@ -162,19 +163,28 @@ def mining_sentence(ours: pd.DataFrame) -> str:
 
 
 def example_figure(result: dict, n: int = 4, title_data: str = STANDIN[CLS_DATASET]):
-    """Test lesion images: image, true mask, GAIN attention, plain Grad-CAM, CA-U-Net output (two-stage)."""
+    """Test lesion images: image, true mask, each classifier's Grad-CAM attention (one colour bar), CA-U-Net output.
+
+    Every attention panel shares the colour scale 0–1 of the normalised map (its colour bar at the
+    right); ``p`` in a panel is that classifier's lesion probability for the image.
+    """
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     from medad import viz
+    from medad.reports import style
 
     test = result["data"]["cls"]["test"]
     keep = result["keep"]
     first = next(iter(keep.values()))
     lesion_index = first["lesion_index"][:n]
     pipeline = result.get("pipeline")
-    columns = ["image", "lesion mask"] + [f"{_short(m)} attention" for m in keep] + (["two-stage output"] if pipeline else [])
-    fig, axes = plt.subplots(len(lesion_index), len(columns), figsize=(1.7 * len(columns), 1.7 * len(lesion_index)),
-                             squeeze=False)
+    columns = ["image", "lesion\nmask"] + [f"{_short(m)}\nattention" for m in keep] + (["two-stage\noutput"] if pipeline else [])
+    panel = (style.WIDTH_IN - 0.9) / len(columns)
+    fig, axes = plt.subplots(len(lesion_index), len(columns), figsize=(style.WIDTH_IN, panel * len(lesion_index) + 1.7),
+                             squeeze=False, layout="constrained")
+    attention = None
     for r, i in enumerate(lesion_index):
         image = test["images"][i]
         viz.show_image(axes[r, 0], image, columns[0] if r == 0 else "")
@@ -182,17 +192,22 @@ def example_figure(result: dict, n: int = 4, title_data: str = STANDIN[CLS_DATAS
         viz.overlay_mask(axes[r, 1], test["masks"][i])
         for c, (method, kept) in enumerate(keep.items(), start=2):
             viz.show_image(axes[r, c], image, columns[c] if r == 0 else "")
-            axes[r, c].imshow(kept["maps"][r], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            height, width = image.shape[:2]  # the map covers the image whatever its resolution
+            attention = axes[r, c].imshow(kept["maps"][r], cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                                          extent=(-0.5, width - 0.5, height - 0.5, -0.5))
             axes[r, c].contour(test["masks"][i].astype(float), levels=[0.5], colors=["white"], linewidths=0.8)
-            axes[r, c].text(2, image.shape[0] - 4, f"P(lesion) {kept['prob'][i]:.2f}", color="white", fontsize=7)
+            axes[r, c].text(0.03, 0.04, f"p {kept['prob'][i]:.2f}", color="white", transform=axes[r, c].transAxes,
+                            fontsize=style.MIN_FONT_PT, bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
         if pipeline:
             c = len(columns) - 1
             pred = pipeline["pred"][i]
             small = _resize(image, pred.shape[0])
             viz.show_image(axes[r, c], small, columns[c] if r == 0 else "")
             viz.overlay_mask(axes[r, c], pred, colour="#00e5ff")
-    fig.suptitle(f"Test lesion images of {title_data}", fontsize=9)
-    fig.tight_layout()
+    if attention is not None:
+        fig.colorbar(attention, ax=axes[:, 2:2 + len(keep)].ravel().tolist(), shrink=0.9, location="bottom",
+                     aspect=30, label="Grad-CAM attention (normalised, 0–1)")
+    fig.suptitle(textwrap.fill(f"Test lesion images of {title_data}", 75))
     return fig
 
 
@@ -231,7 +246,9 @@ def training_curves(result: dict):
     """Validation score per epoch of every trained model of a run: one colour per model, one line per seed."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    from medad.reports import style
+
+    fig, axes = style.subplots(1, 2, height=3.6, layout="constrained")
     colours: dict[str, dict[str, str]] = {"cls": {}, "seg": {}}
     tie_break = False
     for name, history in result["histories"].items():
@@ -247,12 +264,11 @@ def training_curves(result: dict):
         ys = [h["val_key"][1] if second else h["val"] for h in history]
         ax.plot([h["epoch"] for h in history], ys, marker="o", markersize=3, linewidth=1,
                 color=own[model], alpha=0.8, label=model if first else None)
-    axes[0].set(title="Classifiers (endoscopy_ad STAND-IN)", xlabel="epoch",
+    axes[0].set(title="Classifiers (endoscopy_ad\nSTAND-IN)", xlabel="epoch",
                 ylabel="validation mean log-likelihood" if tie_break else "validation ROC AUC")
-    axes[1].set(title="Segmenters (Kvasir-SEG STAND-IN)", xlabel="epoch", ylabel="validation Dice")
+    axes[1].set(title="Segmenters (Kvasir-SEG\nSTAND-IN)", xlabel="epoch", ylabel="validation Dice")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(loc="best")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    fig.tight_layout()
     return fig

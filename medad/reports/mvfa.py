@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from medad.results import format_interval
+from medad.results import format_row
 
 DATASET_TITLES = {
     "lgg_brain_ad": "LGG brain MRI", "endoscopy_ad": "Endoscopy", "chest_xray": "Chest X-ray", "brain_mri": "Brain MRI",
@@ -23,11 +23,11 @@ def strip_backbone(method: str) -> str:
 
 
 def _cell(r) -> str:
-    return format_interval(r["value"], r["ci_low"], r["ci_high"], digits=3)
+    return format_row(r, digits=3)
 
 
 def paper_shape(table: pd.DataFrame, setting: str, method: str, label: str) -> pd.DataFrame:
-    """One row per dataset, AC and AS columns of ``method`` in ``setting`` (value and 95% interval over seeds)."""
+    """One row per dataset, AC and AS columns of ``method`` in ``setting`` (value, interval, s.d. over seeds)."""
     t = table[(table["setting"] == setting) & (table["method"].map(strip_backbone) == method)]
     if t.empty:
         return pd.DataFrame()
@@ -67,27 +67,42 @@ def value(table: pd.DataFrame, dataset: str, setting: str, method: str, metric: 
 
 def anomaly_map_figure(images: Sequence[np.ndarray], masks: np.ndarray, maps: np.ndarray, scores: Sequence[float],
                        title: str):
-    """Each column: the image, its ground-truth mask outlined, and MVFA's anomaly map (same colour scale for all)."""
+    """Each column: the image with its ground-truth mask outlined (top), MVFA's anomaly map (bottom, one colour scale).
+
+    Both rows are framed alike: the same panel size, no ticks, a thin frame, a row label at the
+    left; the colour bar sits in its own column, so it takes no width from the map panels.
+    """
+    import textwrap
+
     import matplotlib.pyplot as plt
 
-    from medad.viz import show_image
+    from medad.reports import style
 
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.0), squeeze=False)
+    panel = (style.WIDTH_IN - 1.3) / n
+    fig = plt.figure(figsize=(style.WIDTH_IN, 2 * panel + 1.3), layout="constrained")
+    grid = fig.add_gridspec(2, n + 1, width_ratios=[1] * n + [0.08])
     lo, hi = float(np.min(maps)), float(np.max(maps))
     for j in range(n):
-        size = maps[j].shape[-1]
-        show_image(axes[0, j], np.asarray(images[j]), f"image score {scores[j]:.2f}")
+        image = np.asarray(images[j])
+        height, width = image.shape[:2]
+        top, bottom = fig.add_subplot(grid[0, j]), fig.add_subplot(grid[1, j])
+        top.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        top.set_title(f"score {scores[j]:.2f}")
+        im = bottom.imshow(maps[j], cmap="inferno", vmin=lo, vmax=hi, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
         if masks[j].any():
-            axes[0, j].contour(_resize_mask(masks[j], np.asarray(images[j]).shape[:2]), levels=[0.5], colors="#ffd700",
-                               linewidths=1.0)
-        im = axes[1, j].imshow(maps[j], cmap="inferno", vmin=lo, vmax=hi, extent=(0, size, size, 0))
-        if masks[j].any():
-            axes[1, j].contour(_resize_mask(masks[j], (size, size)), levels=[0.5], colors="#00e0ff", linewidths=1.0)
-        axes[1, j].set_axis_off()
-    axes[0, 0].set_ylabel("image + mask")
-    fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, label="anomaly score (normalised, a.u.)")
-    fig.suptitle(title, fontsize=10)
+            outline = _resize_mask(masks[j], (height, width))
+            top.contour(outline, levels=[0.5], colors="#ffd700", linewidths=1.0)
+            bottom.contour(outline, levels=[0.5], colors="#00e0ff", linewidths=1.0)
+        for ax in (top, bottom):
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_linewidth(0.6)
+        if j == 0:
+            top.set_ylabel("image, mask")
+            bottom.set_ylabel("anomaly map")
+    fig.colorbar(im, cax=fig.add_subplot(grid[1, n]), label="anomaly score\n(a.u.)")
+    fig.suptitle(textwrap.fill(title, 75))
     return fig
 
 
@@ -102,27 +117,30 @@ def tsne_figure(features: dict[str, np.ndarray], labels: np.ndarray, seed: int =
     """t-SNE of image features, one panel per entry of ``features``; returns (figure, {name: silhouette}).
 
     The silhouette (normal vs abnormal, cosine distance) is measured in the feature space itself, not on the
-    2-D picture, so it does not depend on t-SNE's randomness.
+    2-D picture, so it does not depend on t-SNE's randomness. One legend for all panels, under them.
     """
-    import matplotlib.pyplot as plt
+    import textwrap
+
     from sklearn.manifold import TSNE
     from sklearn.metrics import silhouette_score
 
-    fig, axes = plt.subplots(1, len(features), figsize=(4.2 * len(features), 3.8), squeeze=False)
+    from medad.reports import style
+
+    fig, axes = style.subplots(1, len(features), height=4.0, squeeze=False, layout="constrained")
     sil = {}
     for ax, (name, x) in zip(axes[0], features.items()):
         sil[name] = float(silhouette_score(x, labels, metric="cosine"))
         perplexity = float(min(30, max(5, (len(x) - 1) // 3)))
         xy = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(x)
         for c, colour, label in ((0, "#4c72b0", "normal"), (1, "#dd4444", "abnormal")):
-            ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=12, c=colour, label=label, alpha=0.8)
-        ax.set_title(f"{name}\nsilhouette {sil[name]:.3f}", fontsize=10)
+            ax.scatter(xy[labels == c, 0], xy[labels == c, 1], s=14, c=colour, label=label, alpha=0.8)
+        ax.set_title(textwrap.fill(name, 28) + f"\nsilhouette {sil[name]:.3f}")
+        ax.set_xticks([]), ax.set_yticks([])
         ax.set_xlabel("t-SNE 1 (a.u.)")
         ax.set_ylabel("t-SNE 2 (a.u.)")
-    axes[0, 0].legend(fontsize=8, loc="best")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=2, markerscale=1.5)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(textwrap.fill(title, 75))
     return fig, sil
 
 
@@ -142,10 +160,10 @@ def k_curve(table: pd.DataFrame, metric: str = "image AUC", method: str = "MVFA"
 
 
 def k_curve_figure(curve: pd.DataFrame, title: str):
-    """Image AUC against K, one line per dataset; error bars where several seeds give an interval."""
-    import matplotlib.pyplot as plt
+    """Image AUC against K, one line per dataset; error bars where the run has intervals."""
+    from medad.reports import style
 
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig, ax = style.subplots(height=3.8, layout="constrained")
     for d, g in curve[curve["dataset"] != "average"].groupby("dataset", sort=False):
         lo = (g["value"] - g["ci_low"]).fillna(0).clip(lower=0)
         hi = (g["ci_high"] - g["value"]).fillna(0).clip(lower=0)
@@ -155,7 +173,6 @@ def k_curve_figure(curve: pd.DataFrame, title: str):
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K (normal and abnormal support images each)")
     ax.set_ylabel("image AUC")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig

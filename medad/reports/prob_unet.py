@@ -22,6 +22,7 @@ import pandas as pd
 from medad import results, viz
 from medad.errors import DataError
 from medad.models.ambiguous import TITLES
+from medad.reports import style
 from medad.train import prob_unet_experiment as experiment
 
 CHAPTER = "prob_unet"
@@ -102,54 +103,62 @@ def interval(table: pd.DataFrame, method: str, metric: str, setting: str, datase
 # ----------------------------------------------------------------------------- figures
 
 
-def plot_curve(curve: pd.DataFrame, title: str, ax=None):
+def plot_curve(curve: pd.DataFrame, title: str, ax=None, legend: bool = True):
     """GED against the number of samples, one line per model, 95% bootstrap band."""
-    ax = ax or plt.subplots(figsize=(6, 3.6))[1]
+    ax = ax or style.subplots(height=3.8, layout="constrained")[1]
     counts = sorted(curve["samples"].unique())
     for name, part in curve.groupby("title", sort=False):
         ax.plot(part["samples"], part["mean"], marker="o", label=name, lw=1.2)
         ax.fill_between(part["samples"], part["low"], part["high"], alpha=0.2)
-    ax.set(xscale="log", xlabel="samples per slice N (count, log scale)", ylabel="GED (1 − IoU units; lower is better)",
+    ax.set(xscale="log", xlabel="samples per slice N (log scale)", ylabel="GED (1 − IoU units;\nlower is better)",
            title=title)
     ax.set_xticks(counts, [str(c) for c in counts])
-    ax.legend(fontsize=7)
+    ax.minorticks_off()
+    if legend:
+        ax.legend()
     return ax
 
 
-def bars_with_ci(by: pd.DataFrame, ax, ylabel: str, title: str):
-    """Grouped bars (graders x model) with the patient-bootstrap 95% interval as error bars."""
-    order = list(dict.fromkeys(by["title"]))
+def bars_with_ci(by: pd.DataFrame, ax, ylabel: str, title: str, legend: bool = True, models: list | None = None):
+    """Grouped bars (graders x model) with the patient-bootstrap 95% interval as error bars.
+
+    ``models`` fixes the order and the colours (model i is colour Ci, as in :func:`plot_curve` when
+    it draws the same models in the same order), so two panels can share one legend.
+    """
+    models = models or list(dict.fromkeys(by["title"]))
+    order = [m for m in models if m in set(by["title"])]
     piv = {v: by.pivot(index="graders", columns="title", values=v)[order] for v in ("mean", "low", "high")}
     yerr = np.stack([(piv["mean"] - piv["low"]).values.T, (piv["high"] - piv["mean"]).values.T], axis=1)
-    piv["mean"].plot.bar(ax=ax, yerr=yerr, rot=0, capsize=2, error_kw={"lw": 0.8})
-    ax.set(xlabel="graders who marked the slice (count)", ylabel=ylabel, title=title)
-    ax.legend(fontsize=6)
+    piv["mean"].plot.bar(ax=ax, yerr=yerr, rot=0, capsize=2, error_kw={"lw": 0.8}, legend=legend,
+                         color=[f"C{models.index(m)}" for m in order])
+    ax.set(xlabel="graders who marked the slice", ylabel=ylabel, title=title)
 
 
 def headline_figure(run):
+    """The committed run's GED curve and GED by grader agreement, one legend under both panels."""
     long = long_run_files(run)
     ts = long["config"].get("table_samples", 16)
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))  # about the column's width: labels stay legible
-    plot_curve(pd.DataFrame(long["curve"]), "test GED against samples", ax=axes[0])
-    bars_with_ci(pd.DataFrame(long["by_graders"]), axes[1], f"GED, {ts} samples (1 − IoU units)",
-                 "GED by grader agreement")
-    fig.suptitle(f"Committed run {run.name}: LIDC test slices, 95% patient-bootstrap intervals", fontsize=10)
-    fig.tight_layout()
+    fig, axes = style.subplots(1, 2, height=4.4, layout="constrained")
+    curve = pd.DataFrame(long["curve"])
+    plot_curve(curve, "test GED against samples", ax=axes[0], legend=False)
+    bars_with_ci(pd.DataFrame(long["by_graders"]), axes[1], f"GED, {ts} samples\n(1 − IoU units)",
+                 "GED by grader agreement", legend=False, models=list(dict.fromkeys(curve["title"])))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3)
+    fig.suptitle(f"Committed run {run.name}: LIDC test slices,\n95% patient-bootstrap intervals")
     return fig
 
 
 def training_figure(trained: dict, kind: str):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = style.subplots(1, 2, height=3.8, layout="constrained")
     for name, res in trained.items():
         hist = pd.DataFrame(res.history)
         axes[0].plot(hist["step"], hist["loss"], label=TITLES[name], lw=1)
         val = pd.DataFrame(res.validations)
         axes[1].plot(val["step"], val["val_ged"], marker="o", label=TITLES[name], lw=1)
     axes[0].set(yscale="log", xlabel="iteration (steps)", ylabel="training loss (nats per slice)",
-                title=f"LIDC ({kind}): training loss")
-    axes[1].set(xlabel="iteration (steps)", ylabel="validation GED (1 − IoU units)", title="model selection on validation")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+                title=f"LIDC ({kind}):\ntraining loss")
+    axes[1].set(xlabel="iteration (steps)", ylabel="validation GED (1 − IoU units)", title="model selection\non validation")
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncols=3)
     return fig
 
 
@@ -160,48 +169,61 @@ def examples_from_build(data: dict, evals: dict, pick: dict[int, int]) -> dict:
             "samples": {m: np.stack([ev.examples[i] for i in index]) for m, ev in evals.items()}}
 
 
+SHORT_TITLES = {"unet": "U-Net", "dropout_unet": "dropout", "unet_ensemble": "ensemble", "mheads": "M-heads"}
+
+
 def samples_figure(examples: dict, kind: str, n_show: int = 4):
-    """Rows: test slices marked by 1..4 graders; columns: image, graders, Prob. U-Net samples, one per baseline.
+    """Rows: test slices marked by 1..4 graders; columns: the graders' outlines on the image, ``n_show``
+    Probabilistic U-Net samples, one sample of each baseline. As wide as the page's column.
 
     ``examples``: a committed run's ``examples.npz`` (``load_examples``) or :func:`examples_from_build`.
     """
     samples = examples["samples"]
-    rows = list(enumerate(examples["marked_by"]))
-    fig, axes = plt.subplots(len(rows), 5 + 2 * n_show, figsize=(1.25 * (5 + 2 * n_show), 1.45 * len(rows)), squeeze=False)
     other = [m for m in samples if m != "prob_unet"]
+    columns = ["graders"] + [f"PU {j + 1}" for j in range(n_show)] + [SHORT_TITLES.get(m, TITLES[m]) for m in other]
+    panel = (style.WIDTH_IN - 0.4) / len(columns)
+    rows = list(enumerate(examples["marked_by"]))
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(style.WIDTH_IN, panel * len(rows) + 1.2), squeeze=False,
+                             layout="constrained")
     for r, (i, k) in enumerate(rows):
         img = examples["images"][i]
-        viz.show_image(axes[r, 0], img, f"{k} grader(s)")
-        for g in range(4):
-            viz.show_image(axes[r, 1 + g], img, f"grader {g}" if r == 0 else "")
-            viz.overlay_mask(axes[r, 1 + g], examples["grader_masks"][i, g], viz.GRADER_COLOURS[g])
+        viz.show_image(axes[r, 0], img, columns[0] if r == 0 else "")
+        viz.outline_masks(axes[r, 0], examples["grader_masks"][i])
+        axes[r, 0].axis("on")  # for the row label; no ticks, no frame
+        axes[r, 0].set_xticks([]), axes[r, 0].set_yticks([])
+        for spine in axes[r, 0].spines.values():
+            spine.set_visible(False)
+        axes[r, 0].set_ylabel(f"{k} grader{'s' if k > 1 else ''}")
         for j in range(n_show):
-            viz.show_image(axes[r, 5 + j], img, f"Prob. U-Net {j + 1}" if r == 0 else "")
-            viz.overlay_mask(axes[r, 5 + j], samples["prob_unet"][i, j] if "prob_unet" in samples else None)
-        for j in range(n_show):  # one sample of each baseline (ensemble, M-heads: the second member or head)
-            ax = axes[r, 5 + n_show + j]
-            if j < len(other):
-                m = other[j]
-                viz.show_image(ax, img, TITLES[m] if r == 0 else "")
-                viz.overlay_mask(ax, samples[m][i, 1 % samples[m].shape[1]], "#00bfff")
-            else:
-                ax.axis("off")
-    fig.suptitle(f"LIDC ({kind}) test slices: graders (left) and model samples (right)", fontsize=9)
-    fig.tight_layout()
+            viz.show_image(axes[r, 1 + j], img, columns[1 + j] if r == 0 else "")
+            viz.overlay_mask(axes[r, 1 + j], samples["prob_unet"][i, j] if "prob_unet" in samples else None)
+        for j, m in enumerate(other):  # one sample of each baseline (ensemble, M-heads: the second member or head)
+            ax = axes[r, 1 + n_show + j]
+            viz.show_image(ax, img, columns[1 + n_show + j] if r == 0 else "")
+            viz.overlay_mask(ax, samples[m][i, 1 % samples[m].shape[1]], "#00bfff")
+    fig.suptitle(f"LIDC ({kind}) test slices: graders, Prob. U-Net samples (PU), baselines")
     return fig
 
 
 def oracle_figure(oracle: pd.DataFrame):
+    """GED of the model and of the oracle sampler against the number of samples.
+
+    Colour: the sampler. Line style, set explicitly: **solid** = scored against the true
+    distribution, **dashed** = scored against the four drawn graders.
+    """
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    sns.lineplot(data=oracle, x="samples", y="ged", hue="sampler", style="reference", marker="o", ax=ax)
+    fig, ax = style.subplots(height=3.8, layout="constrained")
+    styles = {"vs true distribution": "", "vs 4 graders": (4, 2)}
+    present = [r for r in styles if r in set(oracle["reference"])]
+    sns.lineplot(data=oracle, x="samples", y="ged", hue="sampler", style="reference", style_order=present,
+                 dashes={r: styles[r] for r in present}, marker="o", ax=ax)
     counts = sorted(oracle["samples"].unique())
-    ax.set(xscale="log", xlabel="samples per slice N (count, log scale)", ylabel="mean GED (1 − IoU units)",
+    ax.set(xscale="log", xlabel="samples per slice N (log scale)", ylabel="mean GED (1 − IoU units)",
            title="Synthetic LIDC: Prob. U-Net against the oracle sampler")
     ax.set_xticks(counts, [str(c) for c in counts])
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.minorticks_off()
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 

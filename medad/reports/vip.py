@@ -1,4 +1,4 @@
-"""Plumbing of the ViP chapter: tables from tidy rows, the reported comparison, and the three figures."""
+"""Plumbing of the ViP chapter: tables from tidy rows, the reported comparison, the Merge Prompt's attention, two figures."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from medad.results import format_interval
+from medad.results import format_interval, format_row
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 # The paper's Pneumonia split (Fang et al. 2024, Sec. 3.1; xiaofang007/ViP DATA/Pneumonia): 9:1 of the official train folder.
@@ -15,8 +15,7 @@ DATASET_NAMES = {"chest_xray": "chest X-ray (Pneumonia)", "brain_mri": "brain MR
 
 
 def _cells(table: pd.DataFrame, percent: bool = True) -> pd.Series:
-    return pd.Series([format_interval(v, lo, hi, digits=1, percent=percent)
-                      for v, lo, hi in zip(table["value"], table["ci_low"], table["ci_high"])], index=table.index)
+    return pd.Series([format_row(r, digits=1, percent=percent) for r in table.to_dict("records")], index=table.index)
 
 
 def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.DataFrame:
@@ -29,7 +28,7 @@ def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.Data
     table["column"] = [f"{DATASET_NAMES.get(d, d)}: {METRIC_NAMES.get(m, m)}" for d, m in zip(table["dataset"], table["metric"])]
     wide = table.pivot_table(index="method", columns="column", values="cell", aggfunc="first", sort=False).fillna("–")
     wide.columns.name = None
-    wide.index.name = "method (backbone), % with 95% interval"
+    wide.index.name = "method (backbone), % (95% interval) s.d. over seeds"
     return wide
 
 
@@ -43,7 +42,7 @@ def reported_comparison(rows, reported: pd.DataFrame, method_prefix: str = "ViP 
         line = {"dataset": DATASET_NAMES.get(dataset, dataset), "metric": METRIC_NAMES.get(metric, metric)}
         for _, r in group.iterrows():
             label = r["method"][len(method_prefix):].strip(" []") or "this run"
-            line[f"here: {label}"] = format_interval(r["value"], r["ci_low"], r["ci_high"], digits=1, percent=True)
+            line[f"here: {label}"] = format_row(r, digits=1, percent=True)
         theirs = rep[(rep["dataset"] == dataset) & (rep["metric"] == metric)]
         line["reported (3 CLIP backbones)"] = (format_interval(theirs["value"].iloc[0], digits=1, percent=True)
                                                 if len(theirs) else "– (not in the paper)")
@@ -63,29 +62,25 @@ def value(rows, dataset: str, setting: str, method_prefix: str, metric: str = "a
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
-def attention_figure(attention: pd.DataFrame, title: str):
-    """MeP's attention weight of every symptom (rows) of every class (panels), mean over seeds."""
-    import matplotlib.pyplot as plt
+def attention_table(attention: pd.DataFrame) -> pd.DataFrame:
+    """MeP's attention weights per class, against uniform weights: a table, since a bar chart of near-equal bars says nothing.
 
-    classes = list(dict.fromkeys(attention["class"]))
-    ncols = min(2, len(classes))
-    nrows = -(-len(classes) // ncols)
-    per_panel = 0.32 * attention.groupby("class")["symptom"].nunique().max() + 1.0
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, per_panel * nrows + 0.6), squeeze=False)
-    for ax in axes.ravel()[len(classes):]:
-        ax.axis("off")
-    for ax, c in zip(axes.ravel(), classes):
-        part = attention[attention["class"] == c].groupby("symptom", sort=False)["weight"].agg(["mean", "min", "max"])
-        y = np.arange(len(part))
-        ax.barh(y, part["mean"], xerr=[part["mean"] - part["min"], part["max"] - part["mean"]], color="#4363d8", capsize=2)
-        ax.axvline(1 / len(part), color="grey", ls=":", lw=1)
-        ax.set_yticks(y, [s if len(s) < 46 else s[:44] + "…" for s in part.index], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("attention weight (uniform = dotted)")
-        ax.set_title(c, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    One row per (dataset, backbone, class): how many symptoms, the uniform weight 1/K, the
+    smallest and largest weight over symptoms and seeds, the largest distance from uniform, and
+    the symptom with the largest mean weight (meaningful only where that distance is not tiny).
+    """
+    keys = [k for k in ("dataset", "backbone") if k in attention.columns] + ["class"]
+    rows = []
+    for key, part in attention.groupby(keys, sort=False):
+        k = part["symptom"].nunique()
+        mean = part.groupby("symptom", sort=False)["weight"].mean()
+        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "symptoms": k,
+                     "uniform 1/K": 1 / k, "smallest weight": part["weight"].min(), "largest weight": part["weight"].max(),
+                     "largest |weight − 1/K|": (part["weight"] - 1 / k).abs().max(), "most weighted symptom": mean.idxmax()})
+    table = pd.DataFrame(rows)
+    if "dataset" in table:
+        table["dataset"] = table["dataset"].map(lambda d: DATASET_NAMES.get(d, d))
+    return table
 
 
 @torch.no_grad()
@@ -108,21 +103,27 @@ def symptom_similarity_table(model, features: torch.Tensor, labels: np.ndarray, 
 
 def symptom_similarity_figure(table: pd.DataFrame, title: str):
     """The paper's case study as a heat map: symptoms (rows) against groups of test images (columns)."""
-    import matplotlib.pyplot as plt
+    import textwrap
+
+    from medad.reports import style
 
     table = table.assign(group=[f"{t}, {p} (n={n})" for t, p, n in zip(table["true class"], table["prediction"], table["n"])],
-                         label=[f"[{c}] {s}" if len(s) < 44 else f"[{c}] {s[:42]}…" for c, s in zip(table["symptom class"], table["symptom"])])
+                         label=[_short_text(f"[{c}] {s}", 40) for c, s in zip(table["symptom class"], table["symptom"])])
     grid = table.pivot_table(index="label", columns="group", values="similarity", sort=False)
     centred = grid.sub(grid.mean(axis=1), axis=0)  # per symptom: which image groups match it more than average
-    fig, ax = plt.subplots(figsize=(1.3 * grid.shape[1] + 4.5, 0.3 * grid.shape[0] + 1.8))
+    fig, ax = style.subplots(height=0.3 * grid.shape[0] + 2.4, layout="constrained")
     lim = float(np.nanmax(np.abs(centred.values))) or 1.0
     im = ax.imshow(centred.values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
-    ax.set_xticks(range(grid.shape[1]), grid.columns, fontsize=7, rotation=30, ha="right")
-    fig.colorbar(im, ax=ax, label="cosine minus the symptom's mean over groups")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_xlabel("test images: true class, prediction")
+    fig.colorbar(im, ax=ax, label="cosine minus the\nsymptom's mean")
+    ax.set_title(textwrap.fill(title, 45))
     return fig
+
+
+def _short_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @torch.no_grad()
@@ -132,8 +133,12 @@ def embedding_figure(model, features: torch.Tensor, labels: np.ndarray, class_na
     Text and image features of a joint space sit apart (the "modality gap"), so every s_c would land
     on one far-away spot; the s_c are shifted by the difference of the two modalities' means first.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
+
+    from medad.reports import style
 
     reps, _ = model.class_representations()
     images, texts = F.normalize(features, dim=-1), F.normalize(reps, dim=-1)
@@ -142,14 +147,15 @@ def embedding_figure(model, features: torch.Tensor, labels: np.ndarray, class_na
     perplexity = float(min(30, max(5, (len(points) - 1) // 4)))
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine").fit_transform(points)
     img, cls = xy[: len(features)], xy[len(features):]
-    fig, ax = plt.subplots(figsize=(7.6, 4.8))
+    fig, ax = style.subplots(height=5.2, layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for c, name in enumerate(class_names):
-        ax.scatter(*img[labels == c].T, s=8, alpha=0.5, color=colours[c % len(colours)], label=f"images: {name}")
+        ax.scatter(*img[labels == c].T, s=10, alpha=0.5, color=colours[c % len(colours)], label=f"images: {name}")
         ax.scatter(*cls[c], s=260, marker="*", edgecolor="black", color=colours[c % len(colours)], label=f"s_c: {name}")
+    ax.set_xticks([]), ax.set_yticks([])
     ax.set_xlabel("t-SNE 1 (no unit)")
     ax.set_ylabel("t-SNE 2 (no unit)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               markerscale=1.0)
+    ax.set_title(textwrap.fill(title, 70))
     return fig
