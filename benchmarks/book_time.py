@@ -1,6 +1,11 @@
 """Time `make book`: every chapter re-executed (empty executed cache), then the HTML; print against the budgets.
 
-    MEDAD_DATA=../shared/data .venv/bin/python benchmarks/book_time.py [--chapters a,b] [--cold-cache]
+    MEDAD_DATA=../shared/data .venv/bin/python benchmarks/book_time.py [--chapters a,b] [--cold-cache] [--no-write]
+
+The times are also written to ``results/benchmarks/book_time.json`` (per profile and
+chapter: wall and CPU seconds, the archives the chapter read; the machine, the
+commit, the data), which the course page renders; timing some chapters updates
+only theirs. ``--no-write`` leaves the file alone.
 
 Runs ``python -m medad book --profile quick --data-dir $MEDAD_DATA --force
 --no-html --chapters <one>`` for each chapter in turn (``--force``: nothing is
@@ -14,7 +19,9 @@ Exit status 1 when a chapter fails or a budget is exceeded.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import re
 import resource
 import subprocess
@@ -27,6 +34,45 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTER_BUDGET_S = 180.0
 TOTAL_BUDGET_S = 900.0
 LINE = re.compile(r"^\s+(\w+): (executed|cached|failed) \((\d+) s\)(.*)$")
+RESULT = ROOT / "results" / "benchmarks" / "book_time.json"
+
+
+def machine_description() -> str:
+    """``2 CPU cores (Intel Xeon ...), shared`` from /proc/cpuinfo where it exists."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores ({model}), load average {os.getloadavg()[0]:.1f} at the end of the run"
+
+
+def write_result(profile: str, times: dict, html: dict | None, data: str) -> Path:
+    """Merge this run's times into RESULT (the chapters timed replace their old entries)."""
+    sys.path.insert(0, str(ROOT))
+    from medad.provenance import git_commit, now_utc
+
+    result = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+    result.update({"measured": now_utc(), "commit": git_commit(), "machine": {"description": machine_description()},
+                   "data": data, "script": "benchmarks/book_time.py"})
+    entry = result.setdefault("profiles", {}).setdefault(profile, {})
+    entry.setdefault("chapters", {}).update(times)
+    if html is not None:
+        entry["html"] = html
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return RESULT
+
+
+def archives_read(chapter: str, profile: str) -> list[str]:
+    """The manifest keys the chapter's last execution read (runs/<chapter>-<profile>/reads.json)."""
+    try:
+        return sorted(json.loads((ROOT / "runs" / f"{chapter}-{profile}" / "reads.json").read_text()).get("archives", []))
+    except (OSError, ValueError):
+        return []
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
@@ -44,6 +90,8 @@ def main() -> int:
     parser.add_argument("--chapters", default="", help="comma-separated chapters (default: every chapter in _toc.yml)")
     parser.add_argument("--data-dir", default=os.environ.get("MEDAD_DATA"), help="archives (default: $MEDAD_DATA)")
     parser.add_argument("--cold-cache", action="store_true", help="start with an empty medad cache (MEDAD_CACHE)")
+    parser.add_argument("--profile", default="quick", help="quick (default) or full")
+    parser.add_argument("--no-write", action="store_true", help=f"do not update {RESULT.relative_to(ROOT)}")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from medad.pipeline import chapters_from_toc
@@ -51,12 +99,13 @@ def main() -> int:
     chapters = [c for c in args.chapters.split(",") if c] or chapters_from_toc()
     if not args.data_dir:
         print("note: no --data-dir and no MEDAD_DATA: timing the book on synthetic data")
-    base = [sys.executable, "-m", "medad", "book", "--profile", "quick"]
+    base = [sys.executable, "-m", "medad", "book", "--profile", args.profile]
     base += ["--data-dir", args.data_dir] if args.data_dir else []
     # the chapters' kernels import this checkout's medad (not another installed copy)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     failed = over = 0
     total_wall = total_cpu = 0.0
+    times = {}
     print(f"{'step':16s} {'status':9s} {'wall s':>7s} {'CPU s':>7s} {'budget':>7s}")
     with tempfile.TemporaryDirectory() as cache:
         if args.cold_cache:
@@ -74,16 +123,23 @@ def main() -> int:
                 flag = "  <-- over budget"
             total_wall, total_cpu = total_wall + wall, total_cpu + cpu
             print(f"{chapter:16s} {status:9s} {wall:7.0f} {cpu:7.0f} {CHAPTER_BUDGET_S:7.0f}{flag}")
+            if status == "executed" and proc.returncode == 0:  # a failed chapter's time says nothing
+                times[chapter] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                                  "archives": archives_read(chapter, args.profile)}
         html = [sys.executable, "-c", "import sys; from medad.pipeline import build_html; "
                 "p = build_html(); print(p.stdout[-1500:], p.stderr[-1500:]); sys.exit(p.returncode)"]
         wall, cpu, proc = timed(html, env)  # the HTML of the executed chapters, nothing re-executed
         total_wall, total_cpu = total_wall + wall, total_cpu + cpu
         print(f"{'HTML build':16s} {'ok' if proc.returncode == 0 else 'failed':9s} {wall:7.0f} {cpu:7.0f}")
+        html_time = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)} if proc.returncode == 0 else None
         if proc.returncode != 0:
             failed += 1
             print(proc.stdout[-1500:] + proc.stderr[-1500:])
     flag = "  <-- over budget" if total_wall > TOTAL_BUDGET_S else ""
     print(f"{'total':16s} {'':9s} {total_wall:7.0f} {total_cpu:7.0f} {TOTAL_BUDGET_S:7.0f}{flag}")
+    if not args.no_write and times:
+        data = "real (from the data directory)" if args.data_dir else "synthetic"
+        print(f"wrote {write_result(args.profile, times, html_time, data).relative_to(ROOT)}")
     load = os.getloadavg()[0]
     print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores. CPU s is the processor time the chapter "
           "used; on a shared machine wall time exceeds it by the time spent waiting for a core.")
