@@ -102,3 +102,19 @@ def test_chapter_ends_with_the_closing_sections_and_exercises(chapter):
     assert "remove-input" in shows[0].metadata["tags"]
     claims_cells = [c for c in nb.cells if c.cell_type == "code" and f'show_chapter("{chapter}", long_run' in c.source]
     assert len(claims_cells) == 1 and "remove-input" in claims_cells[0].metadata["tags"]
+
+
+def test_a_timed_exercise_says_how_long_it_took(tmp_path):
+    import json
+
+    root = write(tmp_path, "mvfa", [GOOD])
+    command = exercises.commands("mvfa", root=root)[0]
+    timing = tmp_path / "book_time.json"
+    timing.write_text(json.dumps({"profiles": {}, "exercises": {"x": {
+        "chapter": "mvfa", "wall_s": 240.0, "cpu_s": 150.0, "command": command.text,
+        "machine": {"description": "2 CPU cores (test)"}}}}))
+    assert "2.5 CPU minutes (4.0 wall) on 2 CPU cores (test)" in exercises.markdown("mvfa", root, timing)
+    # a timing of another command (the exercise changed since) is not shown
+    timing.write_text(timing.read_text().replace("-p k 8", "-p k 9"))
+    assert "CPU minutes" not in exercises.markdown("mvfa", root, timing)
+    assert "CPU minutes" not in exercises.markdown("mvfa", root, False)

@@ -179,10 +179,26 @@ def commands(chapter: str | None = None, caps: dict | None = None, profile: str 
     return out
 
 
-def markdown(chapter: str, root: Path | None = None) -> str:
-    """The chapter's exercises as MyST: sphinx-exercise directives, each solution folded until opened."""
+def _measured(entry: dict | None, command: Command) -> str:
+    """``Measured: 2.1 CPU minutes (3.5 wall) on <machine>.`` when the benchmark timed this very command."""
+    if not entry or entry.get("command") != command.text:
+        return ""
+    machine = (entry.get("machine") or {}).get("description", "an unrecorded machine")
+    return (f"*Measured by `benchmarks/book_time.py --exercises`: {entry['cpu_s'] / 60:.1f} CPU minutes "
+            f"({entry['wall_s'] / 60:.1f} wall) on {machine}.*")
+
+
+def markdown(chapter: str, root: Path | None = None, benchmark: Path | None | bool = None) -> str:
+    """The chapter's exercises as MyST: sphinx-exercise directives, each solution folded until opened.
+
+    ``benchmark``: the timings file (default ``results/benchmarks/book_time.json``; ``False``: none); an
+    exercise whose exact command was timed there says how long it took.
+    """
+    from medad.reports.course import load_benchmark
+
     items = check(chapter, root)
     by_id = {c.exercise: c for c in commands(chapter, root=root)}
+    timed = (load_benchmark(benchmark) or {}).get("exercises", {}) if benchmark is not False else {}
     blocks = [f"To run one, make the notebook once with `jupytext --to ipynb -o {chapter}.ipynb "
               f"notebooks/{chapter}.py`, set `MEDAD_DATA` to your data folder, run the command, and render the "
               f"numbers into the output's text with `python -m medad render-glue <exercise>.ipynb`. "
@@ -192,6 +208,7 @@ def markdown(chapter: str, root: Path | None = None) -> str:
         blocks.append("\n".join([
             f"::::{{exercise}} {item['title'].strip()}", f":label: {label}", "",
             item["question"].strip(), "", "```bash", by_id[item["id"]].text, "```", "",
+            _measured(timed.get(item["id"]), by_id[item["id"]]), "",
             "**What to look for.** " + item["look_for"].strip(), "::::", "",
             f"::::{{solution}} {label}", ":class: dropdown", "", item["solution"].strip(), "::::",
         ]))
