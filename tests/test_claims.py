@@ -272,3 +272,11 @@ def test_generated_pages_are_written(tmp_path):
     written = pages.write_generated(tmp_path, chapters=["vip"])
     assert sorted(p.name for p in written) == ["claims.md", "course-data.md", "course-runtime.md"]
     assert "Verdicts over the" in (tmp_path / "claims.md").read_text()
+
+
+def test_a_loose_selector_is_refused(root):
+    loose = yaml.safe_load((root / "toy" / "claims.yml").read_text())
+    loose["claims"][0]["compare"][0]["better"].pop("setting")  # now "few" and "zero" rows face one Baseline
+    (root / "toy" / "claims.yml").write_text(yaml.safe_dump(loose))
+    with pytest.raises(ConfigError, match="claim beats_baseline: selector .* matches 2 rows for alpha, X"):
+        claims.evaluate("toy", root=root)

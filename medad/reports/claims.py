@@ -324,16 +324,26 @@ def _unit_label(row, pair_on) -> str:
     return ", ".join(dict.fromkeys(parts))
 
 
+def _one_per_pair(rows: pd.DataFrame, selector: dict, pair_on) -> pd.DataFrame:
+    """``rows``, refused when two of them would face the same counterpart: the selector is too loose."""
+    keys = [_pair_key(r, pair_on) for _, r in rows.iterrows()]
+    doubled = sorted({k for k in keys if keys.count(k) > 1})
+    if doubled:
+        raise ConfigError(f"selector {selector} matches {keys.count(doubled[0])} rows for {', '.join(doubled[0])}; "
+                          f"name the setting, metric or method more precisely (pair_on: {', '.join(pair_on)})")
+    return rows
+
+
 def _units(comp: dict, table: pd.DataFrame, higher: bool, pair_on) -> list[Unit]:
     units = []
     if "difference" in comp:
-        for _, row in select(table, comp["difference"]).iterrows():
+        for _, row in _one_per_pair(select(table, comp["difference"]), comp["difference"], pair_on).iterrows():
             holds, separated = _difference(_triple(row), higher)
             units.append(Unit(_unit_label(row, pair_on), _triple(row), None, _triple(row), holds=holds, separated=separated,
                               better_name=_short(row["method"], pair_on)))
         if units or "better" not in comp:
             return [u for u in units if np.isfinite(u.difference[0])]
-    better = select(table, comp["better"])
+    better = _one_per_pair(select(table, comp["better"]), comp["better"], pair_on)
     worse_sel = comp["worse"]
     if "constant" in worse_sel:
         value = float(worse_sel["constant"])
@@ -343,9 +353,8 @@ def _units(comp: dict, table: pd.DataFrame, higher: bool, pair_on) -> list[Unit]
                               worse_label=f"{worse_sel.get('label', 'constant')} ", holds=holds, separated=separated,
                               better_name=_short(row["method"], pair_on), worse_name=str(worse_sel.get("label", "constant"))))
         return [u for u in units if np.isfinite(u.better[0])]
-    worse = {}
-    for _, row in select(table, worse_sel).iterrows():
-        worse.setdefault(_pair_key(row, pair_on), row)
+    worse = {_pair_key(row, pair_on): row
+             for _, row in _one_per_pair(select(table, worse_sel), worse_sel, pair_on).iterrows()}
     for _, row in better.iterrows():
         other = worse.get(_pair_key(row, pair_on))
         if other is None or not (np.isfinite(row["value"]) and np.isfinite(other["value"])):
@@ -376,7 +385,10 @@ def evaluate_claim(chapter: str, claim: dict, table: pd.DataFrame | None) -> Eva
         return Evaluation(chapter, claim, "not testable here", note="no committed run")
     higher = bool(claim.get("higher_is_better", True))
     pair_on = list(claim.get("pair_on", ["dataset", "bracket"]))
-    units = [u for comp in claim["compare"] for u in _units(comp, table, higher, pair_on)]
+    try:
+        units = [u for comp in claim["compare"] for u in _units(comp, table, higher, pair_on)]
+    except ConfigError as exc:
+        raise ConfigError(f"{claims_file(chapter)}, claim {claim['id']}: {exc}") from None
     if not units:
         why = claim.get("if_missing") or "the headline run has no rows for this comparison"
         return Evaluation(chapter, claim, "not testable here", note=why)
