@@ -5,6 +5,7 @@
     python -m medad data list [DATASET] [--data-dir DIR]
     python -m medad data verify [ARCHIVE|DATASET] [--data-dir DIR]
     python -m medad data make-split lidc --data-dir DIR [--seed N] [--force]
+    python -m medad render-glue NOTEBOOK.ipynb [-o OUT.ipynb]
 
 A relative --data-dir is taken relative to the folder the command runs in.
 """
@@ -167,6 +168,12 @@ def _check_split_seed(seed: int | None) -> None:
         raise ConfigError(f"--seed {seed}: the split seed must be a whole number in 0..2**63-1")
 
 
+def _render_glue(args) -> int:
+    from medad.notebook_export import main as render
+
+    return render(args.notebooks, args.output)
+
+
 @command_line("python -m medad")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--seed", type=int, default=None, help="make-split: the split's seed (default 0)")
     data.add_argument("--force", action="store_true", help="make-split: replace an existing split file")
     data.set_defaults(func=_data)
+    render = sub.add_parser("render-glue", help="write an executed chapter's glued numbers into its text, hide machine paths")
+    render.add_argument("notebooks", nargs="+", help="executed notebooks (papermill output); rewritten in place without -o")
+    render.add_argument("-o", "--output", default=None, help="write the rendered notebook here instead (one notebook)")
+    render.set_defaults(func=_render_glue)
     args = parser.parse_args(argv)
     with _cache_notes():
         return args.func(args)

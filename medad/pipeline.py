@@ -140,6 +140,7 @@ def _data_parts(data_dir: Path | None, archives: list[str] | None) -> dict:
 def stamp_parts(chapter: str, parameters: dict, data_dir: Path | None, reads: dict | None = None) -> dict:
     """What a chapter's output depends on, each part hashed, given what its last execution read."""
     from medad.profiles import profile_file
+    from medad.reports.claims import results_digest
 
     modules = (reads or {}).get("modules") or _all_medad_files()
     return {
@@ -148,6 +149,7 @@ def stamp_parts(chapter: str, parameters: dict, data_dir: Path | None, reads: di
         "parameters": json.loads(json.dumps(parameters, sort_keys=True, default=str)),
         "data": _data_parts(data_dir, (reads or {}).get("archives")),
         "modules": {m: _file_sha(SOURCE_ROOT / m) for m in modules},  # an absolute m stays absolute
+        "results": results_digest(chapter),  # the committed runs and claims a chapter shows
     }
 
 
@@ -182,6 +184,8 @@ def rerun_reasons(previous: dict | None, parts: dict) -> list[str]:
         reasons.append(f"parameters changed: {_listed(_changed(old.get('parameters', {}), parts['parameters']))}")
     if old.get("data") != parts["data"]:
         reasons.append(f"data changed: {_listed(_changed(old.get('data', {}), parts['data']))}")
+    if old.get("results") != parts.get("results"):
+        reasons.append("its committed results changed")
     if old.get("modules") != parts["modules"]:
         reasons.append(f"medad code it imports changed: {_listed(_changed(old.get('modules', {}), parts['modules']))}")
     return reasons
@@ -231,6 +235,7 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
     import papermill
 
     from medad.chapter import READS_FILE
+    from medad.notebook_export import scrub_notebook
 
     echo = echo or (lambda line: None)
     parameters = {"profile": profile, "data_dir": str(data_dir) if data_dir else None, **(extra or {})}
@@ -284,6 +289,7 @@ def execute_chapter(chapter: str, profile: str, data_dir: Path | None, force: bo
                 os.environ[key] = value
     seconds = time.perf_counter() - t0
     reads = _read_json(run_dir / READS_FILE)
+    scrub_notebook(partial)  # the page shows no path of this machine (medad.notebook_export)
     _write_atomic(output, nbformat.writes(nbformat.read(partial, as_version=4)))
     partial.unlink(missing_ok=True)
     # the stamp records the parts computed from what this execution read (its imports may have changed)
@@ -356,12 +362,18 @@ def _short_error(exc: Exception) -> str:
 
 def build_html(quiet: bool = True) -> subprocess.CompletedProcess:
     from medad.mathjax import ensure_local_mathjax
+    from medad.notebook_export import export_downloads
+    from medad.reports.pages import write_generated
 
     ensure_local_mathjax(BOOK_DIR / "_static" / "mathjax")
+    write_generated(REPO_ROOT / "build" / "generated")  # the front page's claims, the course page's tables
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(REPO_ROOT), "--path-output", str(BOOK_DIR)]
     if quiet:
         cmd.append("-q")
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode == 0:  # the .ipynb the book offers: glue written into the text (medad.notebook_export)
+        export_downloads(EXECUTED_DIR, BOOK_DIR / "_build" / "html")
+    return proc
 
 
 def build_book(profile: str = "quick", data_dir: str | None = None, chapters: list[str] | None = None,

