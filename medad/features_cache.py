@@ -42,6 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medad.data.subsets import stratified_subset
 from medad.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
@@ -175,21 +176,6 @@ def _finish(kind, path: Path, partial: Path, key: dict, features: torch.Tensor, 
     _save(path, {"key": key, "features": features, "labels": labels, "ids": ids})
     partial.unlink(missing_ok=True)
     return kind(features, labels, ids, key, path)
-
-
-def stratified_subset(labels: np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a seeded subset of ``n`` items keeping class proportions (all items when n is None)."""
-    labels = np.asarray(labels)
-    if n is None or n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    picked = []
-    classes = np.unique(labels)
-    for c in classes:
-        idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(n * len(idx) / len(labels))))
-        picked.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
-    return np.sort(np.concatenate(picked))
 
 
 def open_subset(dataset: str, split: str, data_dir=None, max_images: int | None = None, subset_seed: int = 0):
