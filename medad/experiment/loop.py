@@ -23,6 +23,7 @@ terms of a batch, the learning rate of a step, how to validate); the loop owns *
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -140,6 +141,9 @@ class FitResult:
     best: dict = field(default_factory=dict)  # score name -> {"step", "epoch", "value"} of the weights kept
     best_states: dict = field(default_factory=dict)  # score name -> state dict (CPU) of ``track``ed scores
     settings: dict = field(default_factory=dict)
+    name: str = ""
+    steps_now: int = 0  # steps trained by this call (0 when a finished checkpoint was only restored)
+    step_seconds: float = math.nan  # wall seconds per training step in this call (forward, backward, update)
 
     @property
     def best_step(self) -> int:
@@ -149,6 +153,20 @@ class FitResult:
         return {"steps": self.steps, "epochs": round(self.epochs, 3), "seconds": round(self.seconds, 1),
                 "stopped_by": self.stopped_by, "best": {k: {kk: _plain(vv) for kk, vv in v.items()} for k, v in self.best.items()},
                 "parameters": sum(p.numel() for p in self.model.parameters())}
+
+
+_observers: list[list] = []
+
+
+@contextlib.contextmanager
+def observe():
+    """Collect the :class:`FitResult` of every :func:`fit` call inside the block (the rehearsal times steps this way)."""
+    seen: list[FitResult] = []
+    _observers.append(seen)
+    try:
+        yield seen
+    finally:
+        _observers.remove(seen)
 
 
 def _plain(value):
@@ -243,6 +261,7 @@ def fit(task: Task, settings: LoopSettings, checkpoint: str | Path | None = None
                 state["best_states"][k] = _cpu_state(model)
 
     t0 = time.perf_counter() - state["seconds"]
+    first_step, step_time = state["step"], 0.0
     stopped_by = "steps"
     log_every = s.log_every or spe
     never = s.steps + 1  # None: only after the last step, which always validates and saves
@@ -266,6 +285,7 @@ def fit(task: Task, settings: LoopSettings, checkpoint: str | Path | None = None
                 for group in opt.param_groups:
                     group["lr"] = lr
         batch = state["plan"][state["pos"]]
+        tick = time.perf_counter()
         with autocast(device, s.precision):
             terms = task.loss(batch, rng)
         loss = terms["loss"]
@@ -281,6 +301,7 @@ def fit(task: Task, settings: LoopSettings, checkpoint: str | Path | None = None
             torch.nn.utils.clip_grad_norm_(task.parameters_to_clip(), s.grad_clip)
         for opt in optimizers:
             opt.step()
+        step_time += time.perf_counter() - tick
         state["step"] += 1
         state["pos"] += 1
         if state["pos"] >= len(state["plan"]):
@@ -311,7 +332,12 @@ def fit(task: Task, settings: LoopSettings, checkpoint: str | Path | None = None
     if s.select and s.select in state["best_states"]:
         model.load_state_dict(state["best_states"][s.select])
     model.eval()
-    return FitResult(model=model, steps=state["step"], epochs=state["step"] / spe, seconds=state["seconds"],
-                     stopped_by=stopped_by, history=state["history"], validations=state["validations"],
-                     best=state["best"], best_states={k: v for k, v in state["best_states"].items() if k != s.select},
-                     settings=stored)
+    done_now = state["step"] - first_step
+    result = FitResult(model=model, steps=state["step"], epochs=state["step"] / spe, seconds=state["seconds"],
+                       stopped_by=stopped_by, history=state["history"], validations=state["validations"],
+                       best=state["best"], best_states={k: v for k, v in state["best_states"].items() if k != s.select},
+                       settings=stored, name=task.name, steps_now=done_now,
+                       step_seconds=step_time / done_now if done_now else math.nan)
+    for seen in _observers:
+        seen.append(result)
+    return result
