@@ -173,9 +173,10 @@ def _allowed(spec: dict) -> str:
     choices = _choices(spec)
     rules = ["one of " + ", ".join(map(str, choices))] if choices is not None else []
     rules += [f"{word} {spec[key]}" for key, word in (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<")) if key in spec]
-    if str(spec["type"]).startswith("list["):
-        low, high = int(spec.get("min_items", 1)), spec.get("max_items")
-        rules += [f"{low}..{high} items" if high is not None else f"at least {low} item{'s' if low != 1 else ''}"] if low or high is not None else []
+    # a list's length only where the schema declares it (the default, at least one item, goes unsaid)
+    rules += ["may be empty"] if spec.get("min_items") == 0 else []
+    rules += [f"at least {spec['min_items']} items"] if spec.get("min_items", 1) > 1 else []
+    rules += [f"at most {spec['max_items']} items"] if "max_items" in spec else []
     rules += ["or null"] if spec.get("optional") else []
     return ", ".join([str(spec["type"]), *rules])
 

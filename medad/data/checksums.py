@@ -90,15 +90,13 @@ def cached_sha256(path: Path, fresh: bool = False) -> str:
     """The file's SHA-256. ``fresh``: from its bytes (once per process); else from the cache when the file is unchanged."""
     path = Path(path)
     key = _key(path)
-    if key in _HASHED_HERE:
-        return _HASHED_HERE[key]
-    if not fresh:
-        cached = _load_cache().get(key)
-        if cached:
-            return cached
-    digest = sha256_of(path)  # an OSError here is about the archive itself
+    cache = _load_cache()
+    if not fresh and cache.get(key):
+        return cache[key]
+    digest = _HASHED_HERE.get(key) or sha256_of(path)  # an OSError here is about the archive itself
     _HASHED_HERE[key] = digest
-    _remember(key, digest)
+    if cache.get(key) != digest:
+        _remember(key, digest)
     return digest
 
 
