@@ -20,7 +20,7 @@ CHAPTERS ?=
 # One shell word, whatever the value holds (spaces, quotes): 'it'\''s' for it's.
 quote = '$(subst ','\'',$(1))'
 
-.PHONY: install book test lock bench clean
+.PHONY: install book test rehearse lock bench clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ $(STAMP): $(ROOT)requirements.lock $(ROOT)constraints.txt $(ROOT)pyproject.toml
 
 book: $(STAMP)
 	$(BIN)/python -m medad book --profile $(call quote,$(PROFILE)) $(if $(DATA),--data-dir $(call quote,$(DATA))) $(if $(CHAPTERS),--chapters $(call quote,$(CHAPTERS)))
+
+# The full profiles on this CPU with only the counts capped, then every exercise's command capped (minutes).
+rehearse: $(STAMP)
+	$(BIN)/python -m medad rehearse $(if $(DATA),--data-dir $(call quote,$(DATA)))
 
 test: $(STAMP)
 	cd $(ROOT) && $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,7 @@
     python -m medad data verify [ARCHIVE|DATASET] [--data-dir DIR]
     python -m medad data make-split lidc --data-dir DIR [--seed N] [--force]
     python -m medad render-glue NOTEBOOK.ipynb [-o OUT.ipynb]
+    python -m medad rehearse [--data-dir DIR] [--chapters a,b] [--device cuda] [--no-exercises] [--json FILE]
 
 A relative --data-dir is taken relative to the folder the command runs in.
 """
@@ -199,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("notebooks", nargs="+", help="executed notebooks (papermill output); rewritten in place without -o")
     render.add_argument("-o", "--output", default=None, help="write the rendered notebook here instead (one notebook)")
     render.set_defaults(func=_render_glue)
+    rehearse = sub.add_parser("rehearse", help="run every chapter's full profile with the counts capped, and the exercises",
+                              add_help=False)
+    rehearse.add_argument("rest", nargs=argparse.REMAINDER)
+    rehearse.set_defaults(func=lambda a: __import__("medad.rehearse", fromlist=["main"]).main(a.rest))
     args = parser.parse_args(argv)
     with _cache_notes():
         return args.func(args)

@@ -156,8 +156,24 @@ def train_models(cfg: dict, data: dict, device: str, state: RunState | None = No
         settings = train_settings(cfg, len(data["train"]["images"]), device, seed)
         ckpt = state.checkpoint(prefix + name) if state is not None else None
         results[name] = train(model, data["train"], data["val"], settings, checkpoint_dir=ckpt.with_suffix("") if ckpt else None,
-                              progress=progress, desc=TITLES[name], model_config=model_options(cfg, name))
+                              progress=progress, desc=fit_name(name, prefix), model_config=model_options(cfg, name))
     return results
+
+
+def fit_name(model: str, prefix: str = "") -> str:
+    """How a model's training is named in progress bars and timings ('U-Net ensemble', 'oracle check: Prob. U-Net')."""
+    return ("oracle check: " if prefix.startswith("oracle") else "") + TITLES[model]
+
+
+def full_profile_steps(full: dict, rehearsal: dict) -> dict[str, int]:
+    """Training steps of every model in the ``full`` profile, by fit name (the rehearsal projects its time from them).
+
+    ``epochs``, when the full profile sets it, is turned into steps with the full split's slice count (about
+    10,900 training slices here; the rehearsal's own count when it used them all)."""
+    n_train = full["train_slices"] or 10859
+    steps = {fit_name(m): iterations_for(full, n_train) for m in full["models"]}
+    steps[fit_name("prob_unet", "oracle-")] = int(full["oracle_iterations"])
+    return steps
 
 
 def stopped_early(trained: dict[str, FitResult]) -> dict[str, str]:
