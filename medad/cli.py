@@ -200,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("notebooks", nargs="+", help="executed notebooks (papermill output); rewritten in place without -o")
     render.add_argument("-o", "--output", default=None, help="write the rendered notebook here instead (one notebook)")
     render.set_defaults(func=_render_glue)
-    rehearse = sub.add_parser("rehearse", help="run every chapter's full profile with the counts capped, and the exercises",
-                              add_help=False)
-    rehearse.add_argument("rest", nargs=argparse.REMAINDER)
-    rehearse.set_defaults(func=lambda a: __import__("medad.rehearse", fromlist=["main"]).main(a.rest))
+    sub.add_parser("rehearse", help="run every chapter's full profile with the counts capped, and the exercises "
+                                    "(python -m medad rehearse --help)")
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["rehearse"]:  # its own options (medad.rehearse)
+        from medad import rehearse
+
+        return rehearse.main(given[1:])
     args = parser.parse_args(argv)
     with _cache_notes():
         return args.func(args)
