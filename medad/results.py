@@ -322,7 +322,7 @@ def convert_run(folder: str | Path) -> dict:
     note = {
         "convention": CONVENTION,
         "converted_from": "Student-t 95% intervals over seeds (rows_over_seeds before the bootstrap convention)",
-        "why": "a t-interval over 3 seeds can leave a bounded metric's range (e.g. AUC 0.936 (0.748–1.124)); "
+        "why": "a t-interval over 3 seeds can leave a bounded metric's range (an AUC interval reaching past 1); "
                "per-seed summary numbers cannot give a bootstrap over test images, so those rows keep no interval "
                "and show the spread over seeds (seed_sd) instead; nothing was retrained",
         **counts,
