@@ -46,10 +46,13 @@ def _atlas_figures():
     stats = pd.DataFrame({"dataset": np.repeat([f"dataset {d}" for d in range(5)], 30),
                           "class": np.tile(["normal", "glioma", "meningioma"], 50), "mean": RNG.normal(100, 20, 150)})
     yield "intensity boxes (15 groups)", atlas_report.intensity_figure(stats)
+    many = pd.DataFrame({"dataset": np.repeat([f"hyperkvasir_normal {d} (synthetic)" for d in range(14)], 4),
+                         "class": "bbps-2-3", "mean": RNG.normal(100, 20, 56)})  # the synthetic build: 14 datasets
+    yield "intensity boxes (14 datasets)", atlas_report.intensity_figure(many)
     per_split = pd.DataFrame({s: atlas.agreement_histogram(RNG.integers(0, 5, 50)) for s in ("train", "val", "test")})
     yield "grader agreement", atlas_report.agreement_figure(per_split, "synthetic")
     test = {"images": _images(6), "grader_masks": np.stack([_masks(6)] * 4, 1) & (RNG.random((6, 4, 1, 1)) < 0.7),
-            "groups": np.array([f"LIDC-IDRI-{i:04d}" for i in range(6)])}
+            "groups": np.array([f"synthetic-patient-test-{i:04d}" for i in range(6)])}
     yield "grader disagreement", atlas_report.disagreement_figure(test, "synthetic")
     survey = {c: {"black": RNG.random((32, 32)), "text": RNG.random((32, 32)) * 0.2} for c in ("normal", "polyp")}
     yield "overlay maps", atlas.plot_overlay_maps(survey, {"normal": "HyperKvasir normal", "polyp": "Kvasir-SEG polyp"},
