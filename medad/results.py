@@ -115,11 +115,11 @@ def rows_over_seeds(dataset: str, setting: str, method: str, metric: str, per_se
 
 def check_table(table: pd.DataFrame, where: str, columns: Sequence[str] = TABLE_COLUMNS) -> pd.DataFrame:
     """``table`` with ``columns`` in order; a missing optional column (``seed_sd``) is added empty, any other is an error."""
-    missing = [c for c in columns if c not in table.columns and c not in OPTIONAL_COLUMNS]
+    optional = [c for c in columns if c in OPTIONAL_COLUMNS]
+    missing = [c for c in columns if c not in table.columns and c not in optional]
     if missing:
-        required = [c for c in columns if c not in OPTIONAL_COLUMNS]
-        raise DataError(f"{where}: missing column(s) {', '.join(missing)}; a results table has {', '.join(required)}"
-                        f"{' (and optionally ' + ', '.join(c for c in columns if c in OPTIONAL_COLUMNS) + ')' if len(required) < len(columns) else ''}")
+        expected = ", ".join(c for c in columns if c not in optional) + (f" (optional: {', '.join(optional)})" if optional else "")
+        raise DataError(f"{where}: missing column(s) {', '.join(missing)}; a results table has {expected}")
     table = table.assign(**{c: math.nan for c in columns if c not in table.columns})
     return table[list(columns)]
 
@@ -346,7 +346,7 @@ def convert_run(folder: str | Path) -> dict:
     note = {
         "convention": CONVENTION,
         "converted_from": "Student-t 95% intervals over seeds (rows_over_seeds before the bootstrap convention)",
-        "why": "a t-interval over 3 seeds can leave a bounded metric's range (e.g. AUC 0.936 (0.748–1.124)); "
+        "why": "a t-interval over 3 seeds can leave a bounded metric's range (an AUC interval reaching past 1); "
                "per-seed summary numbers cannot give a bootstrap over test images, so those rows keep no interval "
                "and show the spread over seeds (seed_sd) instead; nothing was retrained",
         **counts,

@@ -36,11 +36,17 @@ def outline_masks(ax, masks: np.ndarray, colours: Sequence[str] = GRADER_COLOURS
             ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
 
 
-def sample_grid(samples, class_names: Sequence[str] = (), title: str = "", ncols: int = 6):
-    """A grid of samples at the column's width, masks overlaid (grader masks outlined when a sample has them)."""
+def sample_grid(samples, class_names: Sequence[str] = (), title: str = "", ncols: int | None = None):
+    """A grid of samples at the column's width, masks overlaid (grader masks outlined when a sample has them).
+
+    Without ``ncols``, at most 6 columns and every row full where possible (8 samples: 2 rows of 4).
+    """
     from medad.reports.style import WIDTH_IN
 
     samples = list(samples)
+    if ncols is None:
+        ncols = int(np.ceil(len(samples) / max(1, int(np.ceil(len(samples) / 6)))))
+    ncols = max(1, ncols)
     nrows = max(1, int(np.ceil(len(samples) / ncols)))
     size = WIDTH_IN / ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN, (size + 0.25) * nrows + (0.4 if title else 0)),

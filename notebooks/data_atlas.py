@@ -23,9 +23,10 @@
 # balanced across splits, how large and how bright the images are, and, for
 # LIDC, how often the four graders disagree: the ambiguity that the
 # Probabilistic U-Net chapter sets out to model. Datasets whose archive is in
-# the data directory are shown as they are; the others through their
-# **synthetic** counterparts from `medad.data.synthetic`, labelled
-# "(synthetic)" wherever they appear.
+# the data directory are shown as they are, the others are listed as not
+# present; without any data directory, every dataset is shown through its
+# **synthetic** counterpart from `medad.data.synthetic`, labelled
+# "(synthetic)" wherever it appears.
 
 # %% tags=["parameters", "hide-input"]
 profile = "quick"        # quick | full (see medad/profiles/data_atlas.yml)

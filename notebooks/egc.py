@@ -322,7 +322,7 @@ plt.show()
 # %% [markdown]
 # *Test polyp images of this build: the mask (yellow), the Grad-CAM attention of
 # each classifier this build trained (GAIN, the plain classifier, GAIN with
-# attention mining; white outline: the polyp; its lesion probability in the
+# attention mining; white outline: the polyp; its lesion probability p in the
 # corner), and the two-stage output (cyan). Look for whether the warm colours
 # sit on the polyp.*
 

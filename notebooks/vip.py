@@ -111,7 +111,8 @@ else:
     run.glue("long_label", headline.label)
     rows = headline.table.to_dict("records")
     display(Markdown("**Main comparison** (each backbone, and their mean where a dataset has both):"))
-    display(report.setting_table(rows, "main"))
+    display(common.show_table(report.setting_table(rows, "main"), index=False,
+                              caption="%: value (95% interval) s.d. over seeds, where the run has them"))
 
 # %% [markdown]
 # Side by side with the paper (reported: the mean of three CLIP backbones).
@@ -175,7 +176,7 @@ if headline is not None:
                              ("aggregation", "Figure 5 (left): how to merge the symptoms"),
                              ("knowledge", "Figure 5 (right): what if the knowledge is wrong")):
         display(Markdown(f"**{caption}**"))
-        display(report.setting_table(rows, setting))
+        display(common.show_table(report.setting_table(rows, setting), index=False))
 
 # %% [markdown]
 # In the ablations (one seed each, so no interval), the Context Prompt alone
@@ -321,7 +322,7 @@ for setting in ("main", "ablation", "aggregation", "knowledge"):
     table = report.setting_table(quick["rows"], setting)
     if len(table):
         display(Markdown(f"**{setting}** ({profile} profile, smoke-sized)"))
-        display(table)
+        display(common.show_table(table, index=False))
 
 # %% [markdown]
 # ## What this chapter did not run

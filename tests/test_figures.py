@@ -46,10 +46,13 @@ def _atlas_figures():
     stats = pd.DataFrame({"dataset": np.repeat([f"dataset {d}" for d in range(5)], 30),
                           "class": np.tile(["normal", "glioma", "meningioma"], 50), "mean": RNG.normal(100, 20, 150)})
     yield "intensity boxes (15 groups)", atlas_report.intensity_figure(stats)
+    many = pd.DataFrame({"dataset": np.repeat([f"hyperkvasir_normal {d} (synthetic)" for d in range(14)], 4),
+                         "class": "bbps-2-3", "mean": RNG.normal(100, 20, 56)})  # the synthetic build: 14 datasets
+    yield "intensity boxes (14 datasets)", atlas_report.intensity_figure(many)
     per_split = pd.DataFrame({s: atlas.agreement_histogram(RNG.integers(0, 5, 50)) for s in ("train", "val", "test")})
     yield "grader agreement", atlas_report.agreement_figure(per_split, "synthetic")
     test = {"images": _images(6), "grader_masks": np.stack([_masks(6)] * 4, 1) & (RNG.random((6, 4, 1, 1)) < 0.7),
-            "groups": np.array([f"LIDC-IDRI-{i:04d}" for i in range(6)])}
+            "groups": np.array([f"synthetic-patient-test-{i:04d}" for i in range(6)])}
     yield "grader disagreement", atlas_report.disagreement_figure(test, "synthetic")
     survey = {c: {"black": RNG.random((32, 32)), "text": RNG.random((32, 32)) * 0.2} for c in ("normal", "polyp")}
     yield "overlay maps", atlas.plot_overlay_maps(survey, {"normal": "HyperKvasir normal", "polyp": "Kvasir-SEG polyp"},
@@ -142,7 +145,7 @@ def _backbone_figures():
     yield "captions", bb_report.caption_figure(pictures, match, "standin-effnet-lite0-minilm")
     speed = pd.DataFrame({"images/s": [100.0, 20.0, 5.0]},
                          index=["standin-effnet-lite0-minilm (STAND-IN)", "clip-vit-b-16", "clip-vit-l-14-336"])
-    yield "speed", bb_report.speed_figure(speed, "cpu")
+    yield "speed", bb_report.speed_figure(speed, "cpu (x86_64, 2 cores, torch 2.13.0+cpu)")
     points = pd.DataFrame({"dataset": np.repeat(["lidc", "chest_xray", "kvasir_seg", "brain_mri"], 20)})
     points["label"] = points["dataset"] + ": " + np.where(points["dataset"].isin(["chest_xray", "brain_mri"]),
                                                           np.tile(["a", "b", "c", "d"], 20), "(no label)")
@@ -244,8 +247,9 @@ def test_vip_attention_is_a_table_against_uniform_weights():
     table = vip_report.attention_table(att).set_index("class")
     assert table.loc["NORMAL", "largest |weight − 1/K|"] == pytest.approx(0.0)
     assert table.loc["PNEUMONIA", "largest |weight − 1/K|"] == pytest.approx(0.1)
-    assert table.loc["PNEUMONIA", "most weighted symptom"] == "p1" and table.loc["NORMAL", "uniform 1/K"] == 0.5
-    assert table["dataset"].iloc[0] == "chest X-ray (Pneumonia)"
+    assert table.loc["PNEUMONIA", "most weighted symptom"] == "p1" and table.loc["NORMAL", "K"] == 2
+    assert table.loc["PNEUMONIA", "weights, min–max (1/K)"] == "0.4000–0.6000 (0.5000)"
+    assert table["data"].iloc[0] == "chest X-ray (Pneumonia), b"
 
 
 def test_atlas_says_not_present_in_one_line_and_measures_only_present_datasets(tmp_path):
@@ -259,3 +263,28 @@ def test_atlas_says_not_present_in_one_line_and_measures_only_present_datasets(t
     over = atlas_report.overview_table(["lidc", "bmad_his"], {"lidc": True, "bmad_his": False}, tmp_path)
     assert over["data"].tolist() == ["real", "not present"]
     assert atlas_report.overview_table(["bmad_his"], {"bmad_his": False})["data"].tolist() == ["synthetic"]
+
+
+def test_browser_check_fails_a_figure_shown_too_small_or_drawn_outside_the_style(tmp_path):
+    import importlib.util
+
+    from medad.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("book_browser_check", REPO_ROOT / "benchmarks" / "book_browser_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    fig, ax = style.subplots(height=3)
+    ax.set_title("title")
+    data, metadata = style.png_output(fig)
+    good = tmp_path / "good.png"
+    good.write_bytes(base64.b64decode(data))
+    plain = tmp_path / "plain.png"
+    fig.savefig(plain)  # a PNG without the style's record
+    plt.close(fig)
+    shown = metadata["width"]
+    assert check.figure_problems([{"src": good.as_uri(), "shown_px": shown, "output": True}]) == []
+    small = check.figure_problems([{"src": good.as_uri(), "shown_px": shown * 0.8, "output": True}])
+    assert len(small) == 1 and "= 8.0 pt on the page (minimum 10 pt)" in small[0]
+    assert "no 'medad-figure' record" in check.figure_problems([{"src": plain.as_uri(), "shown_px": 300, "output": True}])[0]
+    assert check.figure_problems([{"src": plain.as_uri(), "shown_px": 300, "output": False}]) == []  # a logo, not a figure
+    assert check.toc_pages()[0] == "book/intro" and "book/reproducing" in check.toc_pages()

@@ -65,9 +65,11 @@ def test_a_bounded_statistic_stays_in_range_and_is_deterministic():
 def test_bad_input_is_named():
     with pytest.raises(ConfigError, match="per_seed is empty"):
         bootstrap_statistic(mean_statistic, [])
-    with pytest.raises(ConfigError, match="same length"):
+    with pytest.raises(ConfigError, match=r"one entry per test image \(3, as seed 0's first array\), got seed 1: 2"):
         bootstrap_statistic(accuracy, [(np.zeros(3), np.zeros(3)), (np.zeros(3), np.zeros(2))])
     with pytest.raises(ConfigError, match="groups has 2 entries for 3"):
         bootstrap_statistic(mean_statistic, [np.ones(3)], groups=[0, 1])
+    with pytest.raises(ConfigError, match="arrays are empty"):
+        bootstrap_statistic(mean_statistic, [np.array([])])
     with pytest.raises(ConfigError, match="n_boot"):
         bootstrap_statistic(mean_statistic, [np.ones(3)], n_boot=0)

@@ -311,7 +311,8 @@ def test_report_tables_show_each_backbone_and_the_reported_numbers():
             row("chest_xray", "main", "ViP (CoP + MeP) [mean of 2 backbones]", "accuracy", 0.7, seeds=3, n=624),
             row("chest_xray", "ablation", "+ CoP (mean over symptoms) [a]", "accuracy", 0.75, seeds=1, n=624)]
     table = report.setting_table(rows, "main")
-    assert table.shape == (3, 1) and table.iloc[0, 0] == "80.0 (70.0–90.0)" and table.iloc[2, 0] == "70.0"
+    assert table.shape == (3, 2) and table.iloc[0, 1] == "80.0 (70.0–90.0)" and table.iloc[2, 1] == "70.0"
+    assert table.iloc[0, 0] == "ViP (CoP + MeP) [a]"  # the method is a column: no pandas index on the page
     comparison = report.reported_comparison(rows, load_reported("vip"))
     chest = comparison[(comparison.dataset.str.startswith("chest")) & (comparison.metric == "accuracy")].iloc[0]
     assert chest["here: a"] == "80.0 (70.0–90.0)" and chest["reported (3 CLIP backbones)"] == "86.7"

@@ -103,7 +103,7 @@ def bootstrap_statistic(statistic, per_seed, groups=None, n_boot: int = 1000, le
     ``statistic(*arrays) -> float`` is computed from per-image arrays, e.g. ``roc_auc(labels, scores)``,
     ``accuracy(labels, predictions)`` or ``mean(dice)``. ``per_seed`` holds, for each training seed,
     the tuple of arrays it is called with (one entry per test image, the same images in the same
-    order for every seed; a bare array counts as a 1-tuple). ``groups`` (one id per image, e.g. the
+    order for every seed; anything but a tuple counts as one array). ``groups`` (one id per image, e.g. the
     patient) makes the patient the resampling unit: a replicate draws as many patients as there are,
     with replacement, and keeps all their images. Every seed is scored on the same resample and the
     replicate is the mean over seeds, so the interval covers the test-set sampling of the seed-averaged
@@ -112,15 +112,16 @@ def bootstrap_statistic(statistic, per_seed, groups=None, n_boot: int = 1000, le
     A statistic that raises ``ConfigError`` or returns NaN on a resample (AUC with one class) leaves
     that replicate out (``replicates`` counts the rest).
     """
-    runs = [tuple(np.asarray(a) for a in (arrays if isinstance(arrays, (tuple, list)) else (arrays,)))
-            for arrays in per_seed]
+    runs = [tuple(np.asarray(a) for a in (arrays if isinstance(arrays, tuple) else (arrays,))) for arrays in per_seed]
     if not runs:
         raise ConfigError("bootstrap_statistic: per_seed is empty; pass one tuple of per-image arrays per seed")
     n = len(runs[0][0])
-    bad = [(s, len(a)) for s, arrays in enumerate(runs) for a in arrays if len(a) != n]
-    if n == 0 or bad:
-        raise ConfigError(f"bootstrap_statistic: every per-image array must have the same length > 0 "
-                          f"(seed 0's first array has {n}); got {', '.join(f'seed {s}: {k}' for s, k in bad) or 'none'}")
+    if n == 0:
+        raise ConfigError("bootstrap_statistic: the per-image arrays are empty; the test set needs at least one image")
+    bad = [f"seed {s}: {len(a)}" for s, arrays in enumerate(runs) for a in arrays if len(a) != n]
+    if bad:
+        raise ConfigError(f"bootstrap_statistic: every per-image array must have one entry per test image "
+                          f"({n}, as seed 0's first array), got {', '.join(bad)}")
     if not 0 < level < 1 or n_boot < 1:
         raise ConfigError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
     groups = np.arange(n) if groups is None else np.asarray(groups)

@@ -72,13 +72,15 @@ def speed_rows(names, standin, device: str, n_images: int, repeats: int, seed: i
 
 
 def speed_figure(speed: pd.DataFrame, device: str):
+    import textwrap
+
     from medad.reports import style
 
-    fig, ax = style.subplots(height=0.45 * len(speed) + 1.4, layout="constrained")
+    fig, ax = style.subplots(height=0.45 * len(speed) + 1.6, layout="constrained")
     ax.barh(speed.index, speed["images/s"], color="tab:blue")
     ax.invert_yaxis()
     ax.set(xlabel="images per second (higher is faster)", ylabel="backbone",
-           title=f"encode_image speed on {device}")
+           title=textwrap.fill(f"encode_image speed on {device}", 45))
     return fig
 
 

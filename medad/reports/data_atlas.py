@@ -48,7 +48,9 @@ def dataset_block(run, name: str, real: bool, cfg: dict) -> tuple[str, pd.DataFr
     display(Markdown(f"### {shown}"))
     idx = atlas.pick(len(train), cfg["samples_per_grid"], run.seed)
     samples = [train[int(i)] for i in idx]
-    fig = viz.sample_grid(samples, train.classes, title=f"{shown}: seeded training samples")
+    # a synthetic counterpart only shows what the generator draws: one row of small panels is enough
+    fig = viz.sample_grid(samples, train.classes, title=f"{shown}: seeded training samples",
+                          ncols=len(samples) if train.synthetic else None)
     common.show_figure(fig, grid_caption(samples))
     display(common.show_table(atlas.class_balance(splits), caption=f"{shown}: images per class and split"))
     stats = atlas.image_statistics(train, cfg["stats_images"], run.seed)
@@ -94,12 +96,12 @@ def intensity_figure(all_stats: pd.DataFrame):
     stats = all_stats.assign(group=[f"{d}: {c}" if c != "-" else d for d, c in zip(all_stats["dataset"], all_stats["class"])])
     order = list(dict.fromkeys(stats.sort_values(["dataset", "class"], kind="stable")["group"]))
     fig, ax = style.subplots(height=max(2.4, 0.32 * len(order) + 1.2), layout="constrained")
-    palette = dict(zip(dict.fromkeys(stats["dataset"]), sns.color_palette("tab10")))
+    palette = {d: f"C{i % 10}" for i, d in enumerate(dict.fromkeys(stats["dataset"]))}  # colours repeat after ten
     colours = {g: palette[d] for g, d in zip(stats["group"], stats["dataset"])}
     sns.boxplot(data=stats, y="group", x="mean", order=order, hue="group", palette=colours, legend=False, ax=ax,
                 fliersize=2, linewidth=0.8)
-    ax.set(xlabel="mean intensity of an image (grey level, 0–255)", ylabel="",
-           title="Mean image intensity by dataset and class (one colour per dataset)")
+    ax.set(xlabel="mean intensity of an image (grey level, 0–255)", ylabel="")
+    fig.suptitle("Mean image intensity by dataset and class (one colour per dataset)")  # the figure's width, not the axes
     return fig
 
 
@@ -131,7 +133,7 @@ def disagreement_figure(test: dict, kind: str, rows: int = 4):
     fig, axes = plt.subplots(len(order), 6, figsize=(style.WIDTH_IN, (size + 0.3) * len(order) + 0.4), squeeze=False,
                              layout="constrained")
     for r, (row, i) in enumerate(zip(axes, order)):
-        viz.show_image(row[0], test["images"][i], str(test["groups"][i]).removeprefix("LIDC-IDRI-"))
+        viz.show_image(row[0], test["images"][i], f"patient {str(test['groups'][i]).rsplit('-', 1)[-1]}")
         for g in range(4):
             viz.show_image(row[g + 1], test["images"][i], f"grader {g}" if r == 0 else "")
             viz.overlay_mask(row[g + 1], test["grader_masks"][i, g], viz.GRADER_COLOURS[g])

@@ -161,6 +161,8 @@ def k_curve(table: pd.DataFrame, metric: str = "image AUC", method: str = "MVFA"
 
 def k_curve_figure(curve: pd.DataFrame, title: str):
     """Image AUC against K, one line per dataset; error bars where the run has intervals."""
+    import textwrap
+
     from medad.reports import style
 
     fig, ax = style.subplots(height=3.8, layout="constrained")
@@ -173,6 +175,6 @@ def k_curve_figure(curve: pd.DataFrame, title: str):
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K (normal and abnormal support images each)")
     ax.set_ylabel("image AUC")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 55))  # the legend at the right narrows the axes
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig

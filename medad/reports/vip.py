@@ -19,7 +19,10 @@ def _cells(table: pd.DataFrame, percent: bool = True) -> pd.Series:
 
 
 def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.DataFrame:
-    """One setting as a page-wide table: a row per method (and backbone), a column per dataset and metric, in %."""
+    """One setting as a page-wide table: a row per method (and backbone), a column per dataset and metric, in %.
+
+    Cells read ``value (95% interval) s.d. over seeds`` where the run has them (see Reproducing, "Intervals").
+    """
     table = pd.DataFrame(rows)
     table = table[table["setting"] == setting].copy()
     if table.empty:
@@ -28,8 +31,7 @@ def setting_table(rows, setting: str, order: list[str] | None = None) -> pd.Data
     table["column"] = [f"{DATASET_NAMES.get(d, d)}: {METRIC_NAMES.get(m, m)}" for d, m in zip(table["dataset"], table["metric"])]
     wide = table.pivot_table(index="method", columns="column", values="cell", aggfunc="first", sort=False).fillna("–")
     wide.columns.name = None
-    wide.index.name = "method (backbone), % (95% interval) s.d. over seeds"
-    return wide
+    return wide.rename_axis("method [backbone]").reset_index()  # shown without a pandas index (common.show_table)
 
 
 def reported_comparison(rows, reported: pd.DataFrame, method_prefix: str = "ViP (CoP + MeP)") -> pd.DataFrame:
@@ -65,22 +67,24 @@ def value(rows, dataset: str, setting: str, method_prefix: str, metric: str = "a
 def attention_table(attention: pd.DataFrame) -> pd.DataFrame:
     """MeP's attention weights per class, against uniform weights: a table, since a bar chart of near-equal bars says nothing.
 
-    One row per (dataset, backbone, class): how many symptoms, the uniform weight 1/K, the
-    smallest and largest weight over symptoms and seeds, the largest distance from uniform, and
-    the symptom with the largest mean weight (meaningful only where that distance is not tiny).
+    One row per (dataset, backbone, class): K symptoms, the smallest and largest weight over
+    symptoms and seeds next to the uniform weight 1/K, the largest distance from uniform, and the
+    symptom with the largest mean weight (meaningful only where that distance is not tiny).
     """
-    keys = [k for k in ("dataset", "backbone") if k in attention.columns] + ["class"]
+    keys = [k for k in ("dataset", "backbone") if k in attention.columns]
     rows = []
-    for key, part in attention.groupby(keys, sort=False):
+    for key, part in attention.groupby(keys + ["class"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
         k = part["symptom"].nunique()
         mean = part.groupby("symptom", sort=False)["weight"].mean()
-        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "symptoms": k,
-                     "uniform 1/K": 1 / k, "smallest weight": part["weight"].min(), "largest weight": part["weight"].max(),
-                     "largest |weight − 1/K|": (part["weight"] - 1 / k).abs().max(), "most weighted symptom": mean.idxmax()})
-    table = pd.DataFrame(rows)
-    if "dataset" in table:
-        table["dataset"] = table["dataset"].map(lambda d: DATASET_NAMES.get(d, d))
-    return table
+        data = dict(zip(keys, key))
+        rows.append({"data": ", ".join([DATASET_NAMES.get(data.get("dataset"), data.get("dataset", ""))]
+                                       + ([data["backbone"]] if "backbone" in data else [])),
+                     "class": key[-1], "K": k,
+                     "weights, min–max (1/K)": f"{part['weight'].min():.4f}–{part['weight'].max():.4f} ({1 / k:.4f})",
+                     "largest |weight − 1/K|": float((part["weight"] - 1 / k).abs().max()),
+                     "most weighted symptom": _short_text(str(mean.idxmax()), 40)})
+    return pd.DataFrame(rows)
 
 
 @torch.no_grad()
