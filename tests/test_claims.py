@@ -211,13 +211,18 @@ def test_a_reported_reference_must_exist(root):
         claims.load_claims("nothing", root=root)
 
 
-def test_results_digest_changes_the_stamp(root):
-    before = claims.results_digest("toy", root=root)
+def test_committed_inputs_change_the_stamp(root, tmp_path):
+    exercises = tmp_path / "exercises"
+    exercises.mkdir()
+    digest = lambda: pages.chapter_inputs_digest("toy", root, exercises)  # noqa: E731
+    before = digest()
     write_run("toy", "cpu-2", fake_table(), {"kind": "cpu"}, root=root)
-    assert claims.results_digest("toy", root=root) != before
+    after_run = digest()
+    (exercises / "toy.yml").write_text("exercises: []\n")
+    assert len({before, after_run, digest()}) == 3
     parts = {"source": "s", "profile": "p", "parameters": {}, "data": {}, "modules": {}, "results": "new"}
     assert pipeline.rerun_reasons({"status": "ok", "parts": {**parts, "results": "old"}}, parts) == [
-        "its committed results changed"]
+        "its committed results, claims or exercises changed"]
     assert pipeline.rerun_reasons({"status": "ok", "parts": parts}, parts) == []
 
 

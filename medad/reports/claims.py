@@ -526,7 +526,8 @@ def show_chapter(chapter: str, run_name: str | None = None, glue=None) -> list[E
     table, evaluations, run = claims_table(chapter, run_name)
     label = run.label if run is not None else "no committed run"
     display(Markdown(f"**What differs from the paper:** {differs_text(run, load_claims(chapter))}."))
-    display(show_table(table, index=False, caption=f"What was reproduced, from the headline run {label}"))
+    styled = show_table(table, index=False, caption=f"What was reproduced, from the headline run {label}")
+    display(styled.set_properties(subset=["verdict"], **{"font-weight": "bold"}))
     evidence = evidence_table(evaluations)
     if len(evidence):
         display(show_table(evidence, index=False, caption="The comparisons behind each verdict (# is the claim's row), "
@@ -537,16 +538,3 @@ def show_chapter(chapter: str, run_name: str | None = None, glue=None) -> list[E
             glue(f"claim_{ev.id}", ev.verdict)
         glue("claims_counts", counts(evaluations))
     return evaluations
-
-
-def results_digest(chapter: str, root: Path | None = None) -> str:
-    """A digest of ``results/<chapter>/`` (claims, reported numbers, every run): a chapter that shows
-    them must be re-executed when one changes."""
-    import hashlib
-
-    base = (root or RESULTS_DIR) / chapter
-    digest = hashlib.sha256()
-    for path in sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []:
-        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
