@@ -56,13 +56,17 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPU cores ({model}), load average {os.getloadavg()[0]:.1f} at the end of the run"
 
 
-def write_result(profile: str, times: dict, html: dict | None, data: str, exercises: dict | None = None) -> Path:
-    """Merge this run's times into RESULT (the chapters or exercises timed replace their old entries)."""
+def write_result(profile: str, times: dict, html: dict | None, data: str, exercises: dict | None = None,
+                 commit: str = "") -> Path:
+    """Merge this run's times into RESULT (the chapters or exercises timed replace their old entries).
+
+    ``commit``: the commit the timed code was at when the run started (what was measured).
+    """
     sys.path.insert(0, str(ROOT))
     from medad.provenance import git_commit, now_utc
 
     result = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
-    stamp = {"measured": now_utc(), "commit": git_commit(), "machine": {"description": machine_description()},
+    stamp = {"measured": now_utc(), "commit": commit or git_commit(), "machine": {"description": machine_description()},
              "data": data, "script": "benchmarks/book_time.py"}
     if exercises is not None:
         result.setdefault("exercises", {}).update({k: {**v, **stamp} for k, v in exercises.items()})
@@ -108,6 +112,9 @@ def time_exercises(which: str, data_dir: str | None, env: dict) -> int:
     if chosen and chosen - {c.exercise for c in commands}:
         print(f"unknown exercise(s): {', '.join(sorted(chosen - {c.exercise for c in commands}))}")
         return 2
+    from medad.provenance import git_commit
+
+    commit = git_commit()  # at the start: the code that is measured
     times, failed = {}, 0
     print(f"{'exercise':24s} {'status':9s} {'wall s':>7s} {'CPU s':>7s} {'budget':>7s}")
     with tempfile.TemporaryDirectory() as work:
@@ -133,7 +140,8 @@ def time_exercises(which: str, data_dir: str | None, env: dict) -> int:
                 times[command.exercise] = {"chapter": command.chapter, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                                            "command": printed[command.exercise]}
     if times:
-        print(f"wrote {write_result('quick', {}, None, 'real (from the data directory)' if data_dir else 'synthetic', times).relative_to(ROOT)}")
+        data = "real (from the data directory)" if data_dir else "synthetic"
+        print(f"wrote {write_result('quick', {}, None, data, times, commit).relative_to(ROOT)}")
     return 1 if failed else 0
 
 
@@ -149,17 +157,18 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from medad.pipeline import chapters_from_toc
 
+    # the chapters' kernels import this checkout's medad (not another installed copy)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.exercises:
         return time_exercises(args.exercises, args.data_dir, env)
+    from medad.provenance import git_commit
 
+    commit = git_commit()  # at the start: the code that is measured
     chapters = [c for c in args.chapters.split(",") if c] or chapters_from_toc()
     if not args.data_dir:
         print("note: no --data-dir and no MEDAD_DATA: timing the book on synthetic data")
     base = [sys.executable, "-m", "medad", "book", "--profile", args.profile]
     base += ["--data-dir", args.data_dir] if args.data_dir else []
-    # the chapters' kernels import this checkout's medad (not another installed copy)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     failed = over = 0
     total_wall = total_cpu = 0.0
     times = {}
@@ -196,7 +205,7 @@ def main() -> int:
     print(f"{'total':16s} {'':9s} {total_wall:7.0f} {total_cpu:7.0f} {TOTAL_BUDGET_S:7.0f}{flag}")
     if not args.no_write and times:
         data = "real (from the data directory)" if args.data_dir else "synthetic"
-        print(f"wrote {write_result(args.profile, times, html_time, data).relative_to(ROOT)}")
+        print(f"wrote {write_result(args.profile, times, html_time, data, commit=commit).relative_to(ROOT)}")
     load = os.getloadavg()[0]
     print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores. CPU s is the processor time the chapter "
           "used; on a shared machine wall time exceeds it by the time spent waiting for a core.")

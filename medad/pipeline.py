@@ -140,7 +140,7 @@ def _data_parts(data_dir: Path | None, archives: list[str] | None) -> dict:
 def stamp_parts(chapter: str, parameters: dict, data_dir: Path | None, reads: dict | None = None) -> dict:
     """What a chapter's output depends on, each part hashed, given what its last execution read."""
     from medad.profiles import profile_file
-    from medad.reports.claims import results_digest
+    from medad.reports.pages import chapter_inputs_digest
 
     modules = (reads or {}).get("modules") or _all_medad_files()
     return {
@@ -149,7 +149,7 @@ def stamp_parts(chapter: str, parameters: dict, data_dir: Path | None, reads: di
         "parameters": json.loads(json.dumps(parameters, sort_keys=True, default=str)),
         "data": _data_parts(data_dir, (reads or {}).get("archives")),
         "modules": {m: _file_sha(SOURCE_ROOT / m) for m in modules},  # an absolute m stays absolute
-        "results": results_digest(chapter),  # the committed runs and claims a chapter shows
+        "results": chapter_inputs_digest(chapter),  # committed runs, claims and exercises a chapter shows
     }
 
 
@@ -185,7 +185,7 @@ def rerun_reasons(previous: dict | None, parts: dict) -> list[str]:
     if old.get("data") != parts["data"]:
         reasons.append(f"data changed: {_listed(_changed(old.get('data', {}), parts['data']))}")
     if old.get("results") != parts.get("results"):
-        reasons.append("its committed results changed")
+        reasons.append("its committed results, claims or exercises changed")
     if old.get("modules") != parts["modules"]:
         reasons.append(f"medad code it imports changed: {_listed(_changed(old.get('modules', {}), parts['modules']))}")
     return reasons

@@ -317,7 +317,8 @@ run.glue("data_kind", "real" if run.uses_real_data else "synthetic")
 run.glue("bb_names", ", ".join(cfg["backbones"]))
 run.glue("n_epochs", int(cfg["epochs"]))
 run.glue("n_train", int(len(feats["train"])))
-run.glue("seed_list", ", ".join(map(str, cfg["seeds"])))
+# "1, 2 and 3", not "1, 2, 3": myst-nb would read that as a tuple (medad.chapter refuses it)
+run.glue("seed_list", ", ".join(map(str, cfg["seeds"][:-1])) + " and " * (len(cfg["seeds"]) > 1) + str(cfg["seeds"][-1]))
 for setting in ("main", "ablation", "aggregation", "knowledge"):
     table = report.setting_table(quick["rows"], setting)
     if len(table):

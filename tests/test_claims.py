@@ -6,6 +6,7 @@ claims against the committed runs, and the generated front-page and course table
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -16,6 +17,7 @@ import yaml
 from medad import pipeline
 from medad.errors import ConfigError, DataError
 from medad.reports import claims, course, pages
+from medad.reports.common import html_table
 from medad.results import REPORTED_COLUMNS, row, write_run
 
 NAN = math.nan
@@ -152,7 +154,7 @@ def test_a_new_headline_run_re_evaluates_every_claim(root):
 def test_reported_text_and_tables(root):
     table, evaluations, run = claims.claims_table("toy", root=root)
     assert table["paper reports"].iloc[0] == "Method (reported), auc: 0.930 (paper data, few)"
-    assert table["what differs"].iloc[0] == "backbone standin-x (STAND-IN), CPU run, shortened schedule"
+    assert table["what differs"].iloc[0] == "STAND-IN backbone standin-x, CPU run, shortened schedule"
     assert list(table["#"]) == [1, 2, 3, 4, 5]
     evidence = claims.evidence_table(evaluations)
     assert list(evidence["#"]) == [1, 1, 2, 2, 3, 3]
@@ -163,10 +165,14 @@ def test_reported_text_and_tables(root):
 def test_summary_markdown_is_one_table_with_the_rule(root):
     text = claims.summary_markdown(chapters=["toy"], root=root)
     assert "Verdicts over the 5 claims: 2 reproduced, 1 not reproduced, 2 not testable here." in text
-    assert "| Toy | Method beats Baseline | main table |" in text
-    assert "**reproduced**" in text and claims.RULE in text
-    assert "| Toy (Someone et al., 2024) | cpu-1 | a toy backbone; backbone standin-x (STAND-IN)" in text
-    assert claims.markdown_table(pd.DataFrame({"a": ["x | y"]})).splitlines()[-1] == "| x \\| y |"
+    assert "<td>Method beats Baseline</td><td>Method (reported), auc: 0.930" in text
+    assert "<td><b>reproduced</b></td>" in text and claims.RULE in text
+    assert "<td>Toy (Someone et al., 2024)</td><td>cpu-1</td><td>2 epochs</td>" in text
+    # the paper and what differs for it are shown once, spanning the paper's rows
+    assert '<td rowspan="5">Toy</td>' in text and text.count("a toy backbone; STAND-IN backbone standin-x") == 1
+    assert html_table(pd.DataFrame({"a": ["x < y, see https://example.org/a."]})) == (
+        '<table class="medad-table"><thead><tr><th>a</th></tr></thead><tbody><tr><td>x &lt; y, see '
+        '<a href="https://example.org/a">https://example.org/a</a>.</td></tr></tbody></table>')
 
 
 def test_no_committed_run_means_not_testable(tmp_path):
@@ -205,13 +211,18 @@ def test_a_reported_reference_must_exist(root):
         claims.load_claims("nothing", root=root)
 
 
-def test_results_digest_changes_the_stamp(root):
-    before = claims.results_digest("toy", root=root)
+def test_committed_inputs_change_the_stamp(root, tmp_path):
+    exercises = tmp_path / "exercises"
+    exercises.mkdir()
+    digest = lambda: pages.chapter_inputs_digest("toy", root, exercises)  # noqa: E731
+    before = digest()
     write_run("toy", "cpu-2", fake_table(), {"kind": "cpu"}, root=root)
-    assert claims.results_digest("toy", root=root) != before
+    after_run = digest()
+    (exercises / "toy.yml").write_text("exercises: []\n")
+    assert len({before, after_run, digest()}) == 3
     parts = {"source": "s", "profile": "p", "parameters": {}, "data": {}, "modules": {}, "results": "new"}
     assert pipeline.rerun_reasons({"status": "ok", "parts": {**parts, "results": "old"}}, parts) == [
-        "its committed results changed"]
+        "its committed results, claims or exercises changed"]
     assert pipeline.rerun_reasons({"status": "ok", "parts": parts}, parts) == []
 
 
@@ -233,7 +244,7 @@ def test_committed_claims_find_their_rows(chapter):
 def test_committed_summary_names_every_paper():
     text = claims.summary_markdown()
     for paper in ("MVFA", "ViP", "Early gastric cancer", "Probabilistic U-Net"):
-        assert f"| {paper} |" in text
+        assert f">{paper}</td>" in text
 
 
 # ----------------------------------------------------------------------------- the course page
@@ -264,8 +275,8 @@ def test_datasets_table_has_every_manifest_entry():
 
     text = course.datasets_markdown(["mvfa", "vip", "egc", "prob_unet"])
     for key, entry in manifest().items():
-        assert f"`{key}`" in text and f"`{entry['archive']}`" in text
-        assert entry["licence"].replace("|", "\\|") in text
+        assert f"<td>{key}: " in text and f"<td>{entry['archive']}" in text
+        assert html.escape(entry["licence"]) in text
 
 
 def test_generated_pages_are_written(tmp_path):
@@ -280,3 +291,11 @@ def test_a_loose_selector_is_refused(root):
     (root / "toy" / "claims.yml").write_text(yaml.safe_dump(loose))
     with pytest.raises(ConfigError, match="claim beats_baseline: selector .* matches 2 rows for alpha, X"):
         claims.evaluate("toy", root=root)
+
+
+def test_html_table_merges_runs_of_equal_cells_within_a_group():
+    table = pd.DataFrame({"paper": ["A", "A", "B"], "claim": ["1", "2", "3"], "note": ["x", "x", "x"]})
+    text = html_table(table, merge=("paper", "note"))
+    assert text.count("<tr>") == 4  # header + 3 rows
+    assert '<td rowspan="2">A</td><td>1</td><td rowspan="2">x</td>' in text
+    assert "<tr><td>2</td></tr>" in text and "<tr><td>B</td><td>3</td><td>x</td></tr>" in text  # B's x is its own

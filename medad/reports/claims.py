@@ -437,7 +437,7 @@ def run_facts(run) -> str:
         backbones = [params["arch"], *params.get("extra_archs", [])]
     if backbones:
         stand_in = any("standin" in str(b) for b in backbones) or prov.get("stand_in") is True
-        facts.append(f"backbone {', '.join(map(str, backbones))}" + (" (STAND-IN)" if stand_in else ""))
+        facts.append(("STAND-IN " if stand_in else "") + f"backbone {', '.join(map(str, backbones))}")
     facts.append("GPU run" if device.lower().startswith(("cuda", "gpu")) else "CPU run")
     precision = prov.get("precision") or params.get("precision")
     if precision:
@@ -463,10 +463,11 @@ def claims_table(chapter: str, run_name: str | None = None, root: Path | None = 
     rows = []
     for i, ev in enumerate(evaluations, 1):
         row = {"paper": str(declared.get("paper", chapter)).split(" (")[0]} if with_paper else {"#": i}
-        claim = ev.claim["claim"] + (f" ({ev.claim['note']})" if ev.claim.get("note") else "")
-        row.update({"claim": claim, "kind": ev.claim.get("kind", "main table"),
-                    "paper reports": reported_text(chapter, ev.claim, root), "ours (headline run)": ev.summary(),
-                    "verdict": ev.verdict, "what differs": run_facts(run)})
+        kind = ev.claim.get("kind", "main table")
+        claim = ("Ablation: " if kind == "ablation" else "") + ev.claim["claim"]
+        claim += f" ({ev.claim['note']})" if ev.claim.get("note") else ""
+        row.update({"claim": claim, "paper reports": reported_text(chapter, ev.claim, root),
+                    "ours (headline run)": ev.summary(), "verdict": ev.verdict, "what differs": run_facts(run)})
         rows.append(row)
     return pd.DataFrame(rows), evaluations, run
 
@@ -487,40 +488,29 @@ def counts(evaluations: list[Evaluation]) -> str:
     return ", ".join(f"{found.count(v)} {v}" for v in VERDICTS if v in found)
 
 
-def _md_cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A GitHub/MyST pipe table (cells escaped)."""
-    header = "| " + " | ".join(map(_md_cell, table.columns)) + " |"
-    lines = [header, "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def summary_markdown(chapters=PAPER_CHAPTERS, root: Path | None = None) -> str:
     """The front page's reproduction summary: every chapter's claims, the rule, the headline runs."""
+    from medad.reports.common import html_table
+
     tables, runs_rows, all_evaluations = [], [], []
     for chapter in chapters:
         table, evaluations, run = claims_table(chapter, root=root, with_paper=True)
-        tables.append(table.assign(verdict=[f"**{v}**" for v in table["verdict"]]))
-        all_evaluations += evaluations
         declared = load_claims(chapter, root)
+        tables.append(table.assign(**{"what differs": differs_text(run, declared)}))
+        all_evaluations += evaluations
         runs_rows.append({"paper": declared.get("paper", chapter),
                           "headline run": run.name if run else "none committed",
-                          "what differs from the paper": differs_text(run, declared),
                           "schedule": run.provenance.get("schedule", "–") if run else "–",
                           "device": run.provenance.get("device", "–") if run else "–",
-                          "commit": f"`{run.provenance.get('commit', '–')}`" if run else "–"})
+                          "commit": run.provenance.get("commit", "–") if run else "–"})
     claims = pd.concat(tables, ignore_index=True)
     return "\n\n".join([
         f"Verdicts over the {len(all_evaluations)} claims: {counts(all_evaluations)}.",
-        markdown_table(claims),
+        html_table(claims, bold=("verdict",), merge=("paper", "what differs")),
         "**How a verdict is decided.** " + RULE,
         "**The headline runs** these verdicts come from (each chapter's best committed run, "
         "`results/<chapter>/<run>/`; the table above is recomputed from them at every build):",
-        markdown_table(pd.DataFrame(runs_rows)),
+        html_table(pd.DataFrame(runs_rows)),
     ]) + "\n"
 
 
@@ -536,7 +526,8 @@ def show_chapter(chapter: str, run_name: str | None = None, glue=None) -> list[E
     table, evaluations, run = claims_table(chapter, run_name)
     label = run.label if run is not None else "no committed run"
     display(Markdown(f"**What differs from the paper:** {differs_text(run, load_claims(chapter))}."))
-    display(show_table(table, index=False, caption=f"What was reproduced, from the headline run {label}"))
+    styled = show_table(table, index=False, caption=f"What was reproduced, from the headline run {label}")
+    display(styled.set_properties(subset=["verdict"], **{"font-weight": "bold"}))
     evidence = evidence_table(evaluations)
     if len(evidence):
         display(show_table(evidence, index=False, caption="The comparisons behind each verdict (# is the claim's row), "
@@ -547,16 +538,3 @@ def show_chapter(chapter: str, run_name: str | None = None, glue=None) -> list[E
             glue(f"claim_{ev.id}", ev.verdict)
         glue("claims_counts", counts(evaluations))
     return evaluations
-
-
-def results_digest(chapter: str, root: Path | None = None) -> str:
-    """A digest of ``results/<chapter>/`` (claims, reported numbers, every run): a chapter that shows
-    them must be re-executed when one changes."""
-    import hashlib
-
-    base = (root or RESULTS_DIR) / chapter
-    digest = hashlib.sha256()
-    for path in sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []:
-        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-

@@ -197,3 +197,48 @@ def code_and_parameters(chapter: str, modules: Sequence[str]) -> None:
 
     display(Markdown(modules_markdown(modules)))
     display(parameters_block(chapter))
+
+
+# ----------------------------------------------------------------------------- generated pages (front page, course page)
+
+
+_URL = re.compile(r"https?://[^\s<>()\"',;]+[^\s<>()\"',;.]")
+
+
+def html_table(table: pd.DataFrame, caption: str = "", bold: Sequence[str] = (), merge: Sequence[str] = ()) -> str:
+    """A page-width ``medad-table`` as raw HTML, for Markdown the book build generates (MyST passes it through).
+
+    Every cell is escaped and its web addresses linked; the columns named in ``bold`` are set in bold.
+    A column in ``merge`` shows a run of equal cells once (``rowspan``), within the runs of the first
+    such column (e.g. the paper, then what differs for that paper). The index is not shown.
+    """
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    values = [list(v) for v in table.itertuples(index=False)]
+    spans = {}  # (row, column) -> rowspan; 0 = covered by the cell above
+    for c, column in enumerate(table.columns):
+        if column not in merge:
+            continue
+        group = [list(table.columns).index(merge[0])] if column != merge[0] else []
+        start = 0
+        for r in range(1, len(values) + 1):
+            same = r < len(values) and values[r][c] == values[start][c] and all(values[r][g] == values[start][g] for g in group)
+            if not same:
+                spans[(start, c)] = r - start
+                for covered in range(start + 1, r):
+                    spans[(covered, c)] = 0
+                start = r
+    rows = []
+    for r, row_values in enumerate(values):
+        cells = []
+        for c, (column, value) in enumerate(zip(table.columns, row_values)):
+            span = spans.get((r, c), 1)
+            if span == 0:
+                continue
+            text = html.escape("–" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value))
+            text = _URL.sub(lambda m: f'<a href="{m.group(0)}">{m.group(0)}</a>', text)
+            attr = f' rowspan="{span}"' if span > 1 else ""
+            cells.append(f"<td{attr}><b>{text}</b></td>" if column in bold else f"<td{attr}>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return (f'<table class="medad-table">{cap}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")

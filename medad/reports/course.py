@@ -53,7 +53,7 @@ def runtime_table(chapters: list[str], path: Path | None = None) -> tuple[pd.Dat
 
 
 def runtime_markdown(chapters: list[str], path: Path | None = None) -> str:
-    from medad.reports.claims import markdown_table
+    from medad.reports.common import html_table
 
     table, data = runtime_table(chapters, path)
     if data is None:
@@ -66,7 +66,7 @@ def runtime_markdown(chapters: list[str], path: Path | None = None) -> str:
              "its kernel; on a shared machine the wall time also counts waiting for a core, so on a laptop with "
              "the cores to itself expect a time near the CPU minutes. The `full` profile is meant for a GPU and "
              "was not timed on a CPU (–).")
-    return where + "\n\n" + markdown_table(table) + "\n"
+    return where + "\n\n" + html_table(table) + "\n"
 
 
 def _dataset_users(chapters: list[str], data: dict | None) -> dict[str, list[str]]:
@@ -104,14 +104,14 @@ def _dataset_users(chapters: list[str], data: dict | None) -> dict[str, list[str
 def datasets_markdown(chapters: list[str], path: Path | None = None) -> str:
     """Every archive of ``data/manifest.yml``: what it is, its licence, where to get it, the file to put in the data folder."""
     from medad.data.registry import manifest
-    from medad.reports.claims import markdown_table
+    from medad.reports.common import html_table
 
     users = _dataset_users(chapters, load_benchmark(path))
     rows = []
     for key, entry in manifest().items():
         archive = entry.get("archive", "")
-        rows.append({"dataset": f"`{key}`: {entry.get('title', '')}", "licence": entry.get("licence", "–"),
+        rows.append({"dataset": f"{key}: {entry.get('title', '')}", "licence": entry.get("licence", "–"),
                      "how to obtain it": entry.get("download", "–"),
-                     "put in your data folder": f"`{archive}`" + (f" (or the folder `{entry['top']}/`)" if entry.get("top") else ""),
+                     "put in your data folder": archive + (f" (or the folder {entry['top']}/)" if entry.get("top") else ""),
                      "used by": ", ".join(users.get(key, [])) or "–"})
-    return markdown_table(pd.DataFrame(rows)) + "\n"
+    return html_table(pd.DataFrame(rows)) + "\n"

@@ -206,7 +206,7 @@ def markdown(chapter: str, root: Path | None = None, benchmark: Path | None | bo
     for item in items:
         label = f"ex-{item['id']}"
         blocks.append("\n".join([
-            f"::::{{exercise}} {item['title'].strip()}", f":label: {label}", "",
+            f"::::{{exercise}} {item['title'].strip()}", f":label: {label}", ":nonumber:", "",
             item["question"].strip(), "", "```bash", by_id[item["id"]].text, "```", "",
             _measured(timed.get(item["id"]), by_id[item["id"]]), "",
             "**What to look for.** " + item["look_for"].strip(), "::::", "",

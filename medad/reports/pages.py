@@ -8,6 +8,7 @@ next build without re-executing any chapter.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from medad.reports import claims, course
@@ -32,3 +33,22 @@ def write_generated(folder: Path, chapters: list[str] | None = None) -> list[Pat
             path.write_text(text)
         written.append(path)
     return written
+
+
+def chapter_inputs_digest(chapter: str, results_root: Path | None = None, exercise_root: Path | None = None) -> str:
+    """A digest of the committed files a chapter shows but does not import: ``results/<chapter>/`` (runs,
+    reported numbers, claims) and ``book/exercises/<chapter>.yml``. The book pipeline re-executes a
+    chapter when it changes (part of the chapter's stamp)."""
+    from medad.paths import RESULTS_DIR
+    from medad.reports.exercises import exercise_file
+
+    base = (results_root or RESULTS_DIR) / chapter
+    files = {f"results/{p.relative_to(base).as_posix()}": p
+             for p in (sorted(base.rglob("*")) if base.is_dir() else []) if p.is_file()}
+    exercises = exercise_file(chapter, exercise_root)
+    if exercises.is_file():
+        files["exercises"] = exercises
+    digest = hashlib.sha256()
+    for name, path in files.items():
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
