@@ -272,3 +272,34 @@ def training_curves(result: dict):
             ax.legend(loc="best")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return fig
+
+
+def run_precision(run) -> str:
+    """The arithmetic a committed run trained in, as its provenance says (runs before the option: float32)."""
+    if run is None:
+        return "no committed run"
+    return run.provenance.get("precision") or "float32 (recorded before the precision option existed)"
+
+
+# (column, setting, method, metric) of the runs table; a method ending in "(" or "minus" is a prefix
+RUN_COLUMNS = (("GAIN accuracy", "test", "GAIN (", "accuracy"), ("GAIN AUC", "test", "GAIN (", "auc"),
+               ("GAIN attention IoU", "test", "GAIN (", "attention_iou"),
+               ("plain attention IoU", "test", "plain classifier (", "attention_iou"),
+               ("U-Net IoU", "test", "U-Net", "iou"), ("CA-U-Net IoU", "test", "CA-U-Net", "iou"),
+               ("CA-U-Net minus U-Net IoU", PAIRED_SETTING, "CA-U-Net minus", "iou"))
+
+
+def runs_table(runs, headline: str | None = None) -> pd.DataFrame:
+    """One row per committed run (``headline`` first): its kind, arithmetic and key numbers, older runs labelled so."""
+    ordered = sorted(runs, key=lambda r: r.name != headline)
+    rows = []
+    for run in ordered:
+        table = run.table
+        cells = {"Run": f"{run.name} ({'headline' if run.name == headline else 'older run'})", "Kind": run.kind,
+                 "Precision": run_precision(run)}
+        for column, setting, prefix, metric in RUN_COLUMNS:
+            method = table["method"].str.startswith(prefix) if prefix.endswith(("(", "minus")) else table["method"] == prefix
+            hit = table[(table["setting"] == setting) & method & (table["metric"] == metric)]
+            cells[column] = format_row(hit.iloc[0]) if len(hit) else "–"
+        rows.append(cells)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["Run"])
