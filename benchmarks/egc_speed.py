@@ -19,6 +19,10 @@ alternately, best of ``--repeats`` steps after one warm-up step each, on the sam
 
 Each line gives images/s for both, their ratio, and what the precision costs: the loss after
 ``--steps`` training steps from the same initial weights on the same batch, in both precisions.
+
+Clock: on the CPU with one thread, the process's CPU time (``time.process_time``), so that other
+work on a shared machine does not count against either precision (with one thread it equals the
+wall time of an idle machine); with more threads or on a GPU, the wall time.
 """
 from __future__ import annotations
 
@@ -41,6 +45,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device: str):
+    """CPU seconds of this process for a one-thread CPU run (immune to other load), else wall seconds."""
+    return time.process_time if device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
 class Trainer:
     """One model, its Adam optimiser and a loss of a fixed batch, in one precision and memory format."""
 
@@ -58,11 +67,12 @@ class Trainer:
         return float(value.detach())
 
     def timed_step(self) -> float:
+        now = clock(self.device)
         _sync(self.device)
-        t0 = time.perf_counter()
+        t0 = now()
         self.step()
         _sync(self.device)
-        return time.perf_counter() - t0
+        return now() - t0
 
 
 def compare(name: str, model: torch.nn.Module, loss, batch: int, device: str, repeats: int, steps: int) -> dict:
@@ -152,8 +162,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = profiles.resolve_named("egc", args.profile)
+    what = "CPU time of this process" if clock(device) is time.process_time else "wall time"
     print(f"device: {device_description(device)}; torch threads: {torch.get_num_threads()}; profile {args.profile}; "
-          f"best of {args.repeats} steps, alternating; columns: float32, bf16 autocast + channels-last", flush=True)
+          f"best of {args.repeats} steps ({what}), alternating; columns: float32, bf16 autocast + channels-last", flush=True)
     if args.only != "segmenters":
         classifier_lines(cfg, device, args.repeats, args.steps)
     if args.only != "classifiers":
