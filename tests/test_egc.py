@@ -312,11 +312,29 @@ def test_runs_table_shows_the_headline_first_and_labels_older_runs():
     from medad.reports import egc as report
     from medad.results import list_runs
 
-    runs = list_runs("egc")
+    runs = [r for r in list_runs("egc") if r.name.startswith("long-cpu-2026-11-23")]
     table = report.runs_table(runs, "long-cpu-2026-11-23")
-    assert table.loc[0, "Run"] == "long-cpu-2026-11-23 (headline)"
-    assert (table["Run"].iloc[1:].str.endswith("(older run)")).all() and len(table) == len(runs)
-    assert table.loc[0, "Precision"].startswith("float32 (recorded before")
-    b = table.set_index("Run").loc["long-cpu-2026-11-23b (older run)"]
+    assert list(table.columns) == ["Number", "long-cpu-2026-11-23 (headline)", "long-cpu-2026-11-23b (older run)"]
+    rows = table.set_index("Number")
+    assert rows.loc["training arithmetic"].iloc[0].startswith("float32 (recorded before")
+    b = rows["long-cpu-2026-11-23b (older run)"]
     assert b["U-Net IoU"].startswith("0.610 (0.566–0.654)") and b["GAIN accuracy"] == "0.995 s.d. 0.005"
-    assert b["CA-U-Net minus U-Net IoU"].startswith("0.064 (0.041–0.087)")
+    assert b["CA-U-Net minus U-Net, IoU"].startswith("0.064 (0.041–0.087)")
+    assert rows.loc["U-Net + ASPP minus U-Net, IoU", "long-cpu-2026-11-23 (headline)"] == "–"  # that run had one seed, no pairs
+
+
+def test_sign_changes_name_a_difference_that_flipped_between_runs():
+    import pandas as pd
+
+    from medad.reports import egc as report
+    from medad.results import Run, row
+
+    def run(name, low, high):
+        table = pd.DataFrame([row(E.STANDIN[E.SEG_DATASET], E.PAIRED_SETTING, "U-Net + ASPP minus U-Net", "iou",
+                                  (low + high) / 2, low, high, 3, 100)])
+        return Run("egc", name, None, table, {"kind": "long-cpu"})
+
+    flipped = report.sign_changes([run("new", 0.01, 0.05), run("old", -0.05, -0.02)], "new")
+    assert flipped.startswith("U-Net + ASPP minus U-Net changed sign between two committed runs")
+    assert "+0.030 (+0.010 to +0.050) in new (headline); -0.035 (-0.050 to -0.020) in old (older run)" in flipped
+    assert report.sign_changes([run("new", 0.01, 0.05), run("old", -0.01, 0.02)], "new").startswith("No paired difference")
