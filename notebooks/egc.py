@@ -48,6 +48,8 @@ weights_file = None      # a torchvision ImageNet state dict for resnet50 / vgg1
 seeds = None             # classifier training seeds
 cls_epochs = None
 seg_epochs = None
+precision = None         # fp32 | bf16 (bfloat16 autocast for training; every evaluation stays float32)
+channels_last = None     # channels-last memory format (faster convolutions under bf16)
 long_run = None          # folder under results/egc/ to show as the headline; None -> the best committed run
 
 # %% tags=["remove-input"]
@@ -62,15 +64,15 @@ import torch
 from IPython.display import Markdown, display
 
 from medad.chapter import ChapterRun
+from medad.experiment.precision import describe
 from medad.reports import egc as report
-from medad.results import headline_run, load_reported
+from medad.results import headline_run, list_runs, load_reported
 from medad.train import egc_experiment as exp
 
 run = ChapterRun("egc", profile=profile, data_dir=data_dir, device=device, seed=seed, threads=threads, arch=arch,
-                 weights_file=weights_file, seeds=seeds, cls_epochs=cls_epochs, seg_epochs=seg_epochs)
+                 weights_file=weights_file, seeds=seeds, cls_epochs=cls_epochs, seg_epochs=seg_epochs,
+                 precision=precision, channels_last=channels_last)
 cfg = run.config
-if cfg.get("threads"):
-    torch.set_num_threads(int(cfg["threads"]))
 warnings.filterwarnings("ignore", category=UserWarning, module="monai")
 warnings.filterwarnings("ignore", category=TqdmWarning)  # no ipywidgets in the book build: plain bars, no warning
 reported = load_reported("egc")
@@ -90,12 +92,14 @@ claims_report.show_chapter("egc", long_run, glue=run.glue)
 # %% [markdown]
 # ## Headline results
 #
-# The headline is the chapter's best committed run, {glue:text}`headline_label`.
+# The headline is the chapter's best committed run, {glue:text}`headline_label`,
+# trained in {glue:text}`headline_precision`.
 # On the stand-in test split, GAIN reaches an accuracy of
 # {glue:text}`h_gain_acc:.3f` and ROC AUC {glue:text}`h_gain_auc:.3f`; the plain
 # classifier on the same backbone {glue:text}`h_plain_acc:.3f` and
-# {glue:text}`h_plain_auc:.3f` (mean over seeds; the table adds the s.d. over
-# seeds, and intervals where the run stored per-image scores, see "Intervals" in Reproducing).
+# {glue:text}`h_plain_auc:.3f` (mean over seeds; the table adds the 95% bootstrap
+# interval over test images and the s.d. over seeds, see "Intervals" in Reproducing;
+# runs made before that convention show the s.d. only).
 # The paper reports an accuracy of {glue:text}`r_gain_acc:.4f` for GAIN-ResNet-50 on
 # its private gastric images: a different organ, lesion type, backbone and
 # data set, so the two columns are side by side, not comparable.
@@ -110,6 +114,7 @@ if headline is None:
 else:
     h_table = headline.table
     run.glue("headline_label", headline.label)
+run.glue("headline_precision", report.run_precision(headline))
 for key, prefix, metric in [("h_gain_acc", "GAIN (", "accuracy"), ("h_gain_auc", "GAIN (", "auc"),
                             ("h_plain_acc", "plain", "accuracy"), ("h_plain_auc", "plain", "auc"),
                             ("h_gain_iou", "GAIN (", "attention_iou"), ("h_plain_iou", "plain", "attention_iou"),
@@ -217,6 +222,25 @@ else:
 # log-likelihood of the validation labels (their validation AUC is 1.0 almost
 # throughout, and this breaks the ties), for the segmenters Dice. Each model is
 # evaluated on test at its best epoch.*
+#
+# **Every committed run, side by side.** The headline first, then the older runs, each with
+# its training arithmetic. Runs of one schedule with the same seeds and data differ only where
+# the arithmetic does: in float32 the chapter's code repeats its earlier driver's numbers
+# exactly (checked on the quick profile), while bf16 autocast rounds every training step
+# differently and so takes training down another path through the same schedule. Two such
+# runs should agree within the seed-to-seed spread (the s.d. column), not within the
+# intervals, which resample the test images for networks already trained.
+# {glue:text}`runs_sign_changes`
+
+# %% tags=["remove-input"]
+all_runs = list_runs("egc")
+h_name = headline.name if headline is not None else None
+run.glue("runs_sign_changes", report.sign_changes(all_runs, h_name))
+report.show(report.runs_table(all_runs, h_name),
+            "Committed runs of this chapter on the STAND-IN data, one column per run (headline first; the others "
+            "are older runs, kept as they were written): mean over seeds with the 95% bootstrap interval over "
+            "test images where the run has one, and the s.d. over seeds (for a paired difference: over the "
+            "pairs of seed k of each network).")
 
 # %% [markdown]
 # ## The method
@@ -277,9 +301,11 @@ print(f"CA-U-Net: {sum(p.numel() for p in net.parameters()):,} parameters; "
 # pointing game {cite}`zhang2018pointing`: a hit when the map's maximum falls in the mask.
 
 # %%
+from medad.metrics.segmentation import attention_scores
+
 toy_map = np.zeros((1, 4, 4)); toy_map[0, :2, :] = 1.0
 toy_mask = np.zeros((1, 4, 4), bool); toy_mask[0, :2, :2] = True
-exp.attention_scores(toy_map, toy_mask, threshold=0.5)
+attention_scores(toy_map, toy_mask, threshold=0.5)
 
 # %% [markdown]
 # ## Re-executing this chapter
@@ -290,10 +316,16 @@ exp.attention_scores(toy_map, toy_mask, threshold=0.5)
 # {glue:text}`n_cls_epochs` epochs per classifier, and the four segmenters on
 # {glue:text}`n_seg_train:,` Kvasir-SEG images at {glue:text}`seg_px` px. These are
 # **smoke-sized** numbers that show the code runs end to end; the headline above is
-# the run to read. Backbone: {glue:text}`weights_source`.
+# the run to read. Backbone: {glue:text}`weights_source`. Training arithmetic:
+# {glue:text}`build_precision` (the `precision` and `channels_last` parameters; bf16 autocast
+# with channels-last trains the chapter's convolutional networks faster on a CPU with
+# bfloat16 instructions, as `benchmarks/egc_speed.py` measures side by side, and gives
+# other, equally valid numbers than float32; probabilities, maps and scores are always
+# computed in float32). The same call, `exp.run_experiment(cfg, run.opener, run.state,
+# run.device)`, makes the committed runs from the command line.
 
 # %%
-result = exp.run_experiment(cfg, run.open_dataset, progress=False)
+result = exp.run_experiment(cfg, run.opener, run.state, run.device, progress=False)
 quick = pd.DataFrame(result["rows"])
 
 # %% tags=["remove-input"]
@@ -306,7 +338,8 @@ run.glue("n_seeds", int(len(cfg["seeds"])))
 run.glue("n_cls_epochs", int(cfg["cls_epochs"]))
 run.glue("n_seg_train", int(len(result["data"]["seg"]["train"]["images"])))
 run.glue("seg_px", int(cfg["seg_size"]))
-run.glue("weights_source", result["cached"]["weights_source"])
+run.glue("weights_source", result["weights_source"])
+run.glue("build_precision", describe(cfg["precision"], cfg["channels_last"]))
 label = f"this build ({profile} profile, smoke-sized)"
 report.show(report.classification_table(quick, None, label),
             "This build's quick-profile classification numbers (smoke-sized).")

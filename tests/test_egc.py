@@ -8,6 +8,7 @@ import torch
 from medad.errors import ConfigError, DataError
 from medad.models.ca_unet import CBAM, VARIANTS, build_segmenter
 from medad.models.gain import build_classifier
+from medad.train import egc_data as D
 from medad.train import egc_experiment as E
 
 
@@ -125,7 +126,7 @@ def test_bad_input_is_a_clear_error(tmp_path, lite0):
     with pytest.raises(DataError, match="do not match images"):
         lite0.loss(torch.tensor([1]), torch.ones(1, 32, 32, dtype=torch.bool), images=torch.rand(1, 3, 64, 64))
     with pytest.raises(DataError, match="mask must have its image's size"):
-        E.resize_pair(np.zeros((40, 50, 3), np.uint8), np.zeros((40, 40), bool), 32, where="frame.jpg")
+        D.resize_pair(np.zeros((40, 50, 3), np.uint8), np.zeros((40, 40), bool), 32, where="frame.jpg")
     with pytest.raises(ConfigError, match="does not exist"):
         build_classifier("resnet50", "gain", pretrained=str(tmp_path / "resnet50-missing.pth"))
     with pytest.raises(ConfigError, match="unknown architecture 'resnet-51'"):
@@ -137,87 +138,74 @@ def test_bad_input_is_a_clear_error(tmp_path, lite0):
 def test_random_init_is_labelled():
     model = build_classifier("effnet-lite0", "plain", pretrained=False, image_size=64, frozen_stages=6)
     assert model.weights_label == "random-init"
-    assert "random-init" in E.method_label({"arch": "effnet-lite0"}, "plain", model.weights_label)
+    assert E.method_label("effnet-lite0", "plain", model.weights_label) == "plain classifier (EfficientNet-Lite0, random-init)"
 
 
-# ----------------------------------------------------------------------------- metrics and shortcut checks
-
-
-def test_attention_scores():
-    masks = np.zeros((2, 4, 4), bool)
-    masks[:, :2, :2] = True
-    maps = np.zeros((2, 4, 4))
-    maps[0, :2, :] = 1.0      # covers the mask and as much outside: IoU 4/8, max inside
-    maps[1, 3, 3] = 1.0       # max outside, nothing overlaps
-    s = E.attention_scores(maps, masks, 0.5)
-    np.testing.assert_allclose(s["iou"], [0.5, 0.0])
-    np.testing.assert_allclose(s["hit"], [1.0, 0.0])
-
-
-def test_segmentation_scores():
-    true = np.zeros((1, 4, 4), bool)
-    true[0, :2, :2] = True
-    pred = np.zeros((1, 4, 4), bool)
-    pred[0, :2, :3] = True
-    s = E.segmentation_scores(pred, true)
-    np.testing.assert_allclose(s["pixel_accuracy"], [14 / 16])
-    np.testing.assert_allclose(s["iou"], [4 / 6], rtol=1e-6)
-    np.testing.assert_allclose(s["dice"], [8 / 10], rtol=1e-6)
+# ----------------------------------------------------------------------------- shortcut checks
 
 
 def test_blanking_and_blurring_touch_only_their_regions():
     rng = np.random.default_rng(0)
     images = rng.integers(1, 255, (2, 40, 40, 3), dtype=np.uint8)
-    blank = E.blank_overlays(images)
+    blank = D.blank_overlays(images)
     assert (blank[:, 30:, :10] == 0).all() and (blank[:, 5:20, :5] == 0).all()
     np.testing.assert_array_equal(blank[:, :, 20:], images[:, :, 20:])
     masks = np.zeros((2, 40, 40), bool)
     masks[0, 15:25, 15:25] = True
-    blurred = E.blur_lesions(images, masks, 0.1)
+    blurred = D.blur_lesions(images, masks, 0.1)
     np.testing.assert_array_equal(blurred[1], images[1])          # no lesion: unchanged
     np.testing.assert_array_equal(blurred[0, :10], images[0, :10])  # far from the lesion: unchanged
     assert np.abs(blurred[0, 18:22, 18:22].astype(int) - images[0, 18:22, 18:22]).mean() > 20
     assert blurred[0, 15:25, 15:25].std() < images[0, 15:25, 15:25].std() / 3
 
 
-# ----------------------------------------------------------------------------- training resumes exactly
+# ----------------------------------------------------------------------------- profiles
 
 
-def _seg_data(n=12, size=32):
-    from medad.data.synthetic import synthetic_lesion_dataset
-
-    ds = synthetic_lesion_dataset(name="t", split="train", n=n, classes=("polyp",), size=size, rgb=True)
-    return {"images": np.stack([s.image for s in ds]), "masks": np.stack([s.mask for s in ds])}
-
-
-def test_fit_resumes_to_the_same_weights(tmp_path):
-    cfg = {"seg_channels": [4, 8], "seg_size": 32, "seg_epochs": 2, "seg_batch_size": 4, "seg_lr": 1e-2}
-    data = {"train": _seg_data(), "val": _seg_data(6)}
-    whole, _ = E.train_segmenter(cfg, "ca-unet", 0, data, tmp_path / "a", progress=False)
-    ck = tmp_path / "b"  # a run stopped after epoch 1, then resumed to 2 epochs
-    E.train_segmenter({**cfg, "seg_epochs": 1}, "ca-unet", 0, data, ck, progress=False)
-    resumed, info = E.train_segmenter(cfg, "ca-unet", 0, data, ck, progress=False)
-    assert [h["epoch"] for h in info["history"]] == [1, 2]
-    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
-    with pytest.raises(ConfigError, match="another model"):
-        E.fit(whole, lambda i, r: {}, 4, lambda: 0.0, epochs=1, batch_size=2, lr=1e-3, seed=0,
-              checkpoint=ck / "seg-ca-unet-seed0.pt", tag="other", progress=False)
-
-
-# ----------------------------------------------------------------------------- profiles and report tables
-
-
-def test_profiles_are_declared_in_the_schema():
+def test_profiles_declare_precision_and_the_rehearsal_caps_only_counts():
     from medad import profiles
 
     table = profiles.load("egc")
-    for name in ("quick", "full", "long_cpu"):
+    for name in ("quick", "full", "long_cpu", "rehearse"):
+        cfg = profiles.resolve_named("egc", name)
+        assert cfg["precision"] in ("fp32", "bf16") and isinstance(cfg["channels_last"], bool), name
         assert set(table[name]) <= set(table["schema"]), name
-        assert set(table[name]) == set(table["quick"]), name
-    assert "3 seeds" in E.schedule_text(E.profile_config("long_cpu"))
+    full, rehearse = table["full"], table["rehearse"]
+    counts = {"seeds", "seg_seeds", "cls_epochs", "seg_epochs", "train_images", "val_images", "test_images",
+              "seg_train_images", "seg_val_images", "seg_test_images", "bootstrap"}
+    assert {k for k in full if rehearse.get(k) != full[k]} <= counts  # sizes, resolutions, models, precision: the full run's
+    assert set(rehearse) == set(full) and len(rehearse["seeds"]) == 1 and rehearse["cls_epochs"] == rehearse["seg_epochs"] == 1
+    assert "3 seeds" in E.schedule_text(profiles.resolve_named("egc", "long_cpu"))
+    assert E.schedule_text(profiles.resolve_named("egc", "quick")).endswith("; float32")
     with pytest.raises(ConfigError, match="profile must be one of"):
-        E.profile_config("schema")
+        profiles.resolve_named("egc", "schema")
+
+
+def test_choices_come_from_the_registries():
+    from medad import profiles
+    from medad.models.gain import METHODS
+
+    with pytest.raises(ConfigError, match="'cls_methods'.*one of gain, plain, gain-am"):
+        profiles.resolve("egc", "quick", cls_methods=["gain", "gradcam"])
+    with pytest.raises(ConfigError, match="'seg_variants'.*one of " + ", ".join(VARIANTS).replace("+", r"\+")):
+        profiles.resolve("egc", "quick", seg_variants=["unet++"])
+    with pytest.raises(ConfigError, match="'precision'.*one of fp32, bf16"):
+        profiles.resolve("egc", "quick", precision="fp16")
+    with pytest.raises(ConfigError, match="extra_archs must list backbones other than arch"):
+        E.check_config(profiles.resolve("egc", "quick", extra_archs=["effnet-lite0"]))
+    assert list(E.CLS_METHODS) == list(METHODS)
+
+
+def test_classifier_units_put_the_profile_backbone_first():
+    from medad import profiles
+
+    cfg = profiles.resolve("egc", "quick", extra_archs=["effnet-lite2"])
+    assert E.classifier_units(cfg) == [("gain", "effnet-lite0", "gain"), ("plain", "effnet-lite0", "plain"),
+                                       ("gain-am", "effnet-lite0", "gain-am"), ("effnet-lite2-gain", "effnet-lite2", "gain"),
+                                       ("effnet-lite2-plain", "effnet-lite2", "plain")]
+
+
+# ----------------------------------------------------------------------------- report tables
 
 
 def test_report_tables_name_the_standin_and_keep_reported_apart():
@@ -237,28 +225,16 @@ def test_report_tables_name_the_standin_and_keep_reported_apart():
     assert report.value(table, "CA-U-Net", "iou") == 0.5 and np.isnan(report.value(table, "U-Net", "iou"))
 
 
-def _seg_runs(per_seed_means: list[np.ndarray]) -> list[dict]:
-    return [{"iou": m, "dice": m, "pixel_accuracy": m} for m in per_seed_means]
-
-
-def test_paired_differences_rank_variants_on_the_same_images():
-    rng = np.random.default_rng(0)
-    base = rng.uniform(0.2, 0.8, 60)  # hard and easy images: separate intervals overlap, the pairing removes that spread
-    scores = {"unet": _seg_runs([base, base + 0.01]),
-              "ca-unet": _seg_runs([base + 0.05, base + 0.06]),            # better on every image by 0.05
-              "unet+cbam": _seg_runs([base + rng.normal(0, 0.05, 60), base])}  # noise around U-Net
-    rows = {r["method"]: r for r in E.paired_differences(scores, "unet", n_boot=500) if r["metric"] == "dice"}
-    ca = rows["CA-U-Net minus U-Net"]
-    assert ca["value"] == pytest.approx(0.05) and ca["ci_low"] > 0 and ca["seeds"] == 2 and ca["n"] == 60
-    cbam = rows["U-Net + CBAM minus U-Net"]
-    assert cbam["ci_low"] < 0 < cbam["ci_high"]
-    assert E.paired_differences({"ca-unet": scores["ca-unet"]}, "unet") == []  # no reference trained: no rows
-
+def test_ranking_sentence_and_difference_table_read_paired_rows():
     import pandas as pd
 
     from medad.reports import egc as report
+    from medad.train.egc_evaluation import paired_differences
 
-    table = pd.DataFrame(E.paired_differences(scores, "unet", n_boot=500))
+    base = np.random.default_rng(0).uniform(0.2, 0.8, 60)
+    runs = {"unet": [{"iou": base, "dice": base}], "ca-unet": [{"iou": base + 0.05, "dice": base + 0.05}],
+            "unet+cbam": [{"iou": base + np.random.default_rng(1).normal(0, 0.05, 60), "dice": base + 0.0}]}
+    table = pd.DataFrame(paired_differences(runs, np.arange(60), "unet", n_boot=300))
     sentence = report.ranking_sentence(table)
     assert "CA-U-Net is better than U-Net (Dice +0.050" in sentence
     assert "U-Net + CBAM is not told apart from U-Net" in sentence
@@ -284,42 +260,6 @@ def test_mining_sentence_compares_with_gain():
     assert "did not train" in report.mining_sentence(pd.DataFrame(rows[:3]))
 
 
-def test_parts_fill_checkpoints_side_by_side_then_one_run_evaluates(tmp_path):
-    from medad.data import open_dataset
-
-    cfg = E.profile_config("quick")
-    cfg.update(image_size=64, train_images=24, val_images=12, test_images=12, cls_epochs=1, cls_methods=["gain", "gain-am"],
-               seg_size=32, seg_channels=[4, 8], seg_train_images=8, seg_val_images=4, seg_test_images=4, seg_epochs=1,
-               seg_variants=["unet", "ca-unet"], seg_seeds=[0, 1], bootstrap=100, extra_archs=["effnet-lite2"])
-    ck = tmp_path / "ck"
-
-    def open_ds(name, split):
-        return open_dataset(name, split, None)  # synthetic stand-ins
-
-    cls_only = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False, parts=("classification",))
-    seg_only = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False, parts=("segmentation",))
-    assert cls_only["seg_per_seed"] == {} and cls_only["pipeline"] is None
-    assert seg_only["per_seed"] == {} and set(seg_only["seg_per_seed"]) == {"unet", "ca-unet"}
-    assert sorted(p.name for p in ck.iterdir()) == ["cls-effnet-lite2-gain-seed0.pt", "cls-gain-am-seed0.pt",
-                                                     "cls-gain-seed0.pt", "seg-ca-unet-seed0.pt",
-                                                     "seg-ca-unet-seed1.pt", "seg-unet-seed0.pt", "seg-unet-seed1.pt"]
-    whole = E.run_experiment(cfg, open_ds, checkpoint_dir=ck, progress=False)
-    assert whole["timing"] == {**cls_only["timing"], **seg_only["timing"]}  # resumed from the checkpoints, not retrained
-    settings = {r["setting"] for r in whole["rows"]}
-    assert {"test", "test, two-stage", E.PAIRED_SETTING} <= settings
-    methods = {r["method"] for r in whole["rows"]}
-    assert "GAIN + attention mining (EfficientNet-Lite0, ImageNet)" in methods
-    # the backbone comparison: GAIN (not the mining ablation) also on Lite2, after the profile's backbone
-    cls_methods = list(dict.fromkeys(r["method"] for r in whole["rows"] if r["setting"] == "test" and "GAIN" in r["method"]))
-    assert cls_methods == ["GAIN (EfficientNet-Lite0, ImageNet)", "GAIN + attention mining (EfficientNet-Lite0, ImageNet)",
-                           "GAIN (EfficientNet-Lite2, ImageNet)"]
-    assert set(whole["keep"]) == {"gain", "gain-am"}  # figures and the pipeline use the profile's backbone
-    with pytest.raises(ConfigError, match="extra_archs must be"):
-        E.check_config({**cfg, "extra_archs": ["effnet-lite0"]})
-    with pytest.raises(ConfigError, match="parts must be among"):
-        E.run_experiment(cfg, open_ds, parts=("pipeline",))
-
-
 def test_convergence_sentence_and_curves_of_a_run():
     from medad.reports import egc as report
 
@@ -335,15 +275,6 @@ def test_convergence_sentence_and_curves_of_a_run():
     seg_ax = fig.axes[1]
     assert len(seg_ax.lines) == 3 and [t.get_text() for t in seg_ax.get_legend().get_texts()] == ["unet", "ca-unet"]
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["gain-am"]
-
-
-def test_fit_breaks_ties_of_the_first_score_with_the_second():
-    net = torch.nn.Linear(2, 1)
-    scores = iter([(1.0, -0.5), (1.0, -0.2), (0.9, 0.0), (1.0, -0.3)])  # AUC saturates; the log-likelihood decides
-    info = E.fit(net, lambda i, r: {"loss": net(torch.ones(len(i), 2)).sum()}, 4, lambda: next(scores), epochs=4,
-                 batch_size=4, lr=1e-2, seed=0, progress=False)
-    assert info["best_epoch"] == 2 and info["best_val"] == 1.0
-    assert [h["val"] for h in info["history"]] == [1.0, 1.0, 0.9, 1.0] and info["history"][1]["val_key"] == [1.0, -0.2]
 
 
 def test_seed_table_and_tie_break_curves():
@@ -375,3 +306,35 @@ def test_backbone_sentence_lists_each_backbone():
     assert ("on EfficientNet-Lite2, attention IoU 0.500 with GAIN against 0.400 without the attention loss "
             "(pointing game 0.700 against 0.600)") in text and "on EfficientNet-Lite0" in text
     assert report.backbone_sentence(pd.DataFrame(rows[:4])) == "This run trained one backbone only."
+
+
+def test_runs_table_shows_the_headline_first_and_labels_older_runs():
+    from medad.reports import egc as report
+    from medad.results import list_runs
+
+    runs = [r for r in list_runs("egc") if r.name.startswith("long-cpu-2026-11-23")]
+    table = report.runs_table(runs, "long-cpu-2026-11-23")
+    assert list(table.columns) == ["Number", "long-cpu-2026-11-23 (headline)", "long-cpu-2026-11-23b (older run)"]
+    rows = table.set_index("Number")
+    assert rows.loc["training arithmetic"].iloc[0].startswith("float32 (recorded before")
+    b = rows["long-cpu-2026-11-23b (older run)"]
+    assert b["U-Net IoU"].startswith("0.610 (0.566–0.654)") and b["GAIN accuracy"] == "0.995 s.d. 0.005"
+    assert b["CA-U-Net minus U-Net, IoU"].startswith("0.064 (0.041–0.087)")
+    assert rows.loc["U-Net + ASPP minus U-Net, IoU", "long-cpu-2026-11-23 (headline)"] == "–"  # that run had one seed, no pairs
+
+
+def test_sign_changes_name_a_difference_that_flipped_between_runs():
+    import pandas as pd
+
+    from medad.reports import egc as report
+    from medad.results import Run, row
+
+    def run(name, low, high):
+        table = pd.DataFrame([row(E.STANDIN[E.SEG_DATASET], E.PAIRED_SETTING, "U-Net + ASPP minus U-Net", "iou",
+                                  (low + high) / 2, low, high, 3, 100)])
+        return Run("egc", name, None, table, {"kind": "long-cpu"})
+
+    flipped = report.sign_changes([run("new", 0.01, 0.05), run("old", -0.05, -0.02)], "new")
+    assert flipped.startswith("U-Net + ASPP minus U-Net changed sign between two committed runs")
+    assert "+0.030 (+0.010 to +0.050) in new (headline); -0.035 (-0.050 to -0.020) in old (older run)" in flipped
+    assert report.sign_changes([run("new", 0.01, 0.05), run("old", -0.01, 0.02)], "new").startswith("No paired difference")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medad.data import open_dataset
-from medad.train import egc_experiment as E
+from medad.train import egc_data as E
 
 pytestmark = [
     pytest.mark.realdata,

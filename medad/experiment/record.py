@@ -276,6 +276,11 @@ class RunRecord:
         atomic_write_json(path, merged)
         return merged
 
+    def note_invocation(self) -> list[dict]:
+        """Count this invocation's compute seconds in the run without writing results (e.g. one part of a run
+        trained side by side, which a later invocation evaluates and writes); returns every invocation so far."""
+        return self._invocations()
+
     def provenance(self, schedule: str, precision: str = "float32", extra: dict | None = None) -> dict:
         from medad import provenance
         from medad.runtime import device_description

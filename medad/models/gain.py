@@ -42,8 +42,11 @@ from torch.nn import functional as F
 
 from medad.errors import ConfigError, DataError
 
-# Architectures a classifier can be built on (medad.backbones names).
+# Architectures a classifier can be built on (medad.backbones names); the first two come with ImageNet weights.
 ARCHITECTURES = ("effnet-lite0", "effnet-lite2", "resnet50", "vgg16")
+PACKAGED = ("effnet-lite0", "effnet-lite2")
+# Classifier methods (build_classifier's ``method``) and how tables name them.
+METHODS = {"gain": "GAIN", "plain": "plain classifier", "gain-am": "GAIN + attention mining"}
 LESION = 1
 
 
@@ -221,6 +224,6 @@ def build_classifier(arch: str = "effnet-lite0", method: str = "gain", pretraine
     elif method == "gain-am":
         weights = GainWeights(mining=mining or 1.0)
     else:
-        raise ConfigError(f"unknown classifier method {method!r}; choose 'gain', 'gain-am' or 'plain'")
+        raise ConfigError(f"unknown classifier method {method!r}; choose one of {', '.join(METHODS)}")
     return AttentionClassifier(arch, pretrained=pretrained, image_size=image_size, seed=seed, weights=weights,
                                frozen_stages=frozen_stages)

@@ -272,3 +272,65 @@ def training_curves(result: dict):
             ax.legend(loc="best")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return fig
+
+
+def run_precision(run) -> str:
+    """The arithmetic a committed run trained in, as its provenance says (runs before the option: float32)."""
+    if run is None:
+        return "no committed run"
+    return run.provenance.get("precision") or "float32 (recorded before the precision option existed)"
+
+
+# (row, setting, method, metric) of the runs table; a method ending in "(" or "minus" is a prefix
+RUN_ROWS = (("GAIN accuracy", "test", "GAIN (", "accuracy"), ("GAIN AUC", "test", "GAIN (", "auc"),
+            ("GAIN attention IoU", "test", "GAIN (", "attention_iou"),
+            ("plain classifier attention IoU", "test", "plain classifier (", "attention_iou"),
+            ("U-Net IoU", "test", "U-Net", "iou"), ("CA-U-Net IoU", "test", "CA-U-Net", "iou"),
+            ("CA-U-Net minus U-Net, IoU", PAIRED_SETTING, "CA-U-Net minus", "iou"),
+            ("U-Net + CBAM minus U-Net, IoU", PAIRED_SETTING, "U-Net + CBAM minus", "iou"),
+            ("U-Net + ASPP minus U-Net, IoU", PAIRED_SETTING, "U-Net + ASPP minus", "iou"))
+
+
+def _run_row(table: pd.DataFrame, setting: str, method: str, metric: str):
+    chosen = table["method"].str.startswith(method) if method.endswith(("(", "minus")) else table["method"] == method
+    hit = table[(table["setting"] == setting) & chosen & (table["metric"] == metric)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _run_name(run, headline: str | None) -> str:
+    return f"{run.name} ({'headline' if run.name == headline else 'older run'})"
+
+
+def runs_table(runs, headline: str | None = None) -> pd.DataFrame:
+    """Key numbers of every committed run, one column per run (``headline`` first, the others labelled older runs)."""
+    ordered = sorted(runs, key=lambda r: r.name != headline)
+    if not ordered:
+        return pd.DataFrame(columns=["Number"])
+    columns = {"Number": ["kind", "training arithmetic", *(name for name, *_ in RUN_ROWS)]}
+    for run in ordered:
+        cells = [run.kind, run_precision(run)]
+        for _, setting, method, metric in RUN_ROWS:
+            hit = _run_row(run.table, setting, method, metric)
+            cells.append(format_row(hit) if hit is not None else "–")
+        columns[_run_name(run, headline)] = cells
+    return pd.DataFrame(columns)
+
+
+def sign_changes(runs, headline: str | None = None) -> str:
+    """Which paired differences to U-Net are separated from 0 in opposite directions in two committed runs."""
+    said = []
+    for name, setting, method, metric in RUN_ROWS:
+        if setting != PAIRED_SETTING:
+            continue
+        rows = [(run, _run_row(run.table, setting, method, metric)) for run in runs]
+        above = [(run, r) for run, r in rows if r is not None and np.isfinite(r["ci_low"]) and r["ci_low"] > 0]
+        below = [(run, r) for run, r in rows if r is not None and np.isfinite(r["ci_high"]) and r["ci_high"] < 0]
+        if above and below:
+            shown = "; ".join(f"{r['value']:+.3f} ({r['ci_low']:+.3f} to {r['ci_high']:+.3f}) in {_run_name(run, headline)}"
+                              for run, r in above[:1] + below[:1])
+            said.append(f"{name.split(',')[0]} changed sign between two committed runs, each interval excluding 0: "
+                        f"{shown}")
+    if not said:
+        return "No paired difference to U-Net is separated from 0 in opposite directions by two committed runs."
+    return ("; ".join(said) + ". A paired interval resamples the test images for networks already trained; "
+            "it does not cover training them again, which moved this difference further than the interval's width.")
