@@ -80,6 +80,13 @@ OFFICIAL_SCHEDULE = {"epochs": 50, "warmup_epochs": 1, "warmup_lr": 1e-5, "optim
                      "scheduler": "cosine", "augmentation": ("random_resized_crop", "random_flip")}
 
 
+def text_backbones() -> list[str]:
+    """Registered backbones with a text encoder: the ones a prompt learner can use (the schema's choices)."""
+    from medad.backbones import list_backbones
+
+    return list_backbones(text=True)
+
+
 def prompt_text(text: str) -> str:
     """``text`` as the official prompt builders tokenise it: ending with one period.
 
@@ -210,6 +217,8 @@ class PromptClassifier(nn.Module):
 
     def text_features(self) -> torch.Tensor:
         """(total texts, d) features of all texts, classes one after another."""
+        if self.tokens.ids.device != self.backbone.device:  # the tokens follow the (frozen) encoder's device
+            self.tokens = self.tokens.to(self.backbone.device)
         if self.context is not None:
             return self.backbone.encode_text_with_context(self.tokens, self.context.vectors)
         if self._fixed is None:
@@ -249,9 +258,18 @@ class PromptClassifier(nn.Module):
         learnt = torch.stack([F.normalize(t, dim=-1).mean(0) for t in self.split(feats)])
         return kgcoop_term(learnt, self._hand, self.kg_weight)
 
-    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_terms(self, image_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss": ce + kg, "ce": cross-entropy of Eq. 3's logits, "kg": KgCoOp's term (0 without it)}``.
+
+        Both terms are computed in float32 (``.float()``), also under bf16 autocast.
+        """
         feats = self.text_features()
-        return F.cross_entropy(self.logits_from(image_features, feats), labels) + self.regulariser(feats)
+        ce = F.cross_entropy(self.logits_from(image_features, feats).float(), labels)
+        kg = self.regulariser(feats).float()
+        return {"loss": ce + kg, "ce": ce, "kg": kg}
+
+    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(image_features, labels)["loss"]
 
     @torch.no_grad()
     def predict_logits(self, image_features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
