@@ -252,7 +252,7 @@ def test_methods_are_built_as_the_official_code_runs_them():
     assert antonym.texts[1] == sym.ablations["antonym"] and antonym.texts[0] == sym.symptoms["NORMAL"]
     zs = vt.build_classifier(vt.METHODS["zs_names"], bb, sym, "chest X-ray")
     assert zs.prompts == ["a chest X-ray image of normal chest.", "a chest X-ray image of pneumonia."] and zs.trainable() == []
-    cfg = {"lr": 0.005, "batch_size": 24, "official_clip_settings": True}
+    cfg = {"lr": 0.005, "batch_size": 24, "official_clip_settings": True, "batch_cap": None}
     assert vt.lr_for(vt.METHODS["coop"], "standin-effnet-lite0-minilm", cfg) == OFFICIAL_METHOD_SETTINGS["coop"]["lr"] == 0.001
     assert vt.lr_for(vt.METHODS["vip"], "standin-effnet-lite0-minilm", cfg) == 0.005
     assert (vt.lr_for(vt.METHODS["vip"], "clip-rn50x64", cfg), vt.batch_size_for("clip-rn50x64", cfg)) == (0.001, 8)
@@ -270,7 +270,7 @@ def _cfg(**over):
            "seeds": [1, 2], "ablation_seeds": [1], "train_images": None, "val_images": None, "test_images": None,
            "epochs": 2, "batch_size": 16, "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5, "momentum": 0.9,
            "weight_decay": 5e-4, "n_ctx": 4, "n_boot": 50, "views": 2, "view_seed": 0, "precision": "fp32",
-           "channels_last": False, "official_clip_settings": True, "weights": None, "limits": None,
+           "channels_last": False, "official_clip_settings": True, "weights": None, "limits": None, "batch_cap": None,
            "symptom_files": {}, "device": "cpu", "seed": 0, "threads": 1, "long_run": None}
     cfg.update(over)
     return Config(cfg)
@@ -405,13 +405,18 @@ def test_profiles_full_rehearse_and_schema_choices():
 
     full, rehearse = profiles.resolve_named("vip", "full"), profiles.resolve_named("vip", "rehearse")
     counts = {"epochs", "seeds", "ablation_seeds", "train_images", "val_images", "test_images", "views", "n_boot",
-              "threads", "device"}
+              "batch_cap", "threads", "device"}
     differ = {k for k in full if full[k] != rehearse[k]} - {"profile"}
-    assert differ <= counts | {"weights"} and rehearse["weights"] == "random"  # only the counts are capped
+    assert differ <= counts | {"weights", "datasets", "settings"} and rehearse["weights"] == "random"
+    for key in ("datasets", "settings"):  # a list keeps its first items
+        assert rehearse[key] == full[key][:len(rehearse[key])]
+    assert rehearse["backbones"] == full["backbones"]  # every CLIP backbone, at its real size
     assert rehearse["epochs"] <= 2 and len(rehearse["seeds"]) == 1 and rehearse["test_images"] <= 8
     assert set(full["backbones"]) == set(OFFICIAL_CLIP_SETTINGS)  # ViP's three CLIP backbones at their sizes
     assert all(get_spec(b).input_size == OFFICIAL_CLIP_SETTINGS[b]["image_size"] for b in full["backbones"])
-    assert rehearse["train_images"] >= max(s["batch_size"] for s in OFFICIAL_CLIP_SETTINGS.values())
+    assert all(vt.batch_size_for(b, rehearse) == 2 and vt.batch_size_for(b, full) == OFFICIAL_CLIP_SETTINGS[b]["batch_size"]
+               for b in full["backbones"])
+    assert rehearse["train_images"] >= rehearse["batch_cap"]
     quick = profiles.resolve_named("vip", "quick")
     assert quick["warmup_epochs"] == 1 and quick["n_ctx"] == 4 and quick["views"] == 0  # schema defaults
     with pytest.raises(ConfigError, match="backbones"):

@@ -135,10 +135,11 @@ def uses_official_clip_settings(backbone_name: str, cfg) -> bool:
 
 
 def batch_size_for(backbone_name: str, cfg) -> int:
-    """ViP's batch size for a CLIP backbone (configs/trainers/ViP/<backbone>.yaml), else the profile's."""
-    if uses_official_clip_settings(backbone_name, cfg):
-        return int(OFFICIAL_CLIP_SETTINGS[backbone_name]["batch_size"])
-    return int(cfg["batch_size"])
+    """ViP's batch size for a CLIP backbone (configs/trainers/ViP/<backbone>.yaml), else the profile's;
+    at most ``batch_cap`` (a rehearsal's cap) when one is set."""
+    size = int(OFFICIAL_CLIP_SETTINGS[backbone_name]["batch_size"]) if uses_official_clip_settings(backbone_name, cfg) \
+        else int(cfg["batch_size"])
+    return min(size, int(cfg["batch_cap"])) if cfg["batch_cap"] else size
 
 
 def lr_for(method: Method, backbone_name: str, cfg) -> float:
