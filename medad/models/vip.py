@@ -56,9 +56,12 @@ OFFICIAL_METHOD_SETTINGS: dict[str, dict] = {
     "vip": {"context": 4, "context_init": None, "aggregate": "merge", "kg_weight": 0.0, "lr": None,
             "source": "scripts/ViP/main_*.sh (NCTX=4), trainers/ViP.py (random N(0, 0.02) context, '<symptom>.')"},
     "coop": {"context": 4, "context_init": None, "aggregate": "mean", "kg_weight": 0.0, "lr": 0.001,
-             "source": "scripts/CoOp/main_derm.sh (NCTX=4, CSC=False, CTP=end), trainers/coop.py ('X X X X <name>.'); "
-                       "lr 0.001 as issue 21 reports from the ViP repository's CoOp config, a file this project's "
-                       "index does not hold (upstream KaiyangZhou/CoOp vit_b16_ep50.yaml has 0.002)"},
+             "source": "scripts/CoOp/main_derm.sh (NCTX=4, CSC=False, CTP=end, configs rn50x64/vit_b16/vit_L14_336_ep50), "
+                       "trainers/coop.py ('X X X X <name>.'); lr 0.001 as issue 21 reports from the ViP repository's "
+                       "CoOp configs, which this project's index does not hold (configs/trainers/CoOp/ is absent at "
+                       "c2440e2); the repository's other baseline configs that it holds (CoCoOp rn50x64_ep50 and "
+                       "vit_L14_336_ep50, VPT vit_b16_ep50) all set OPTIM.LR 0.001 (upstream KaiyangZhou/CoOp "
+                       "vit_b16_ep50.yaml has 0.002)"},
     "kgcoop": {"context": 4, "context_init": "a photo of a", "aggregate": "mean", "kg_weight": 8.0, "lr": None,
                "hand_template": "a photo of a {name}.",
                "source": "htyao89/KgCoOp: trainers/kgcoop.py (context from 'a photo of a' when CTX_INIT is set, "
