@@ -494,3 +494,32 @@ def test_vip_on_random_weight_clip(tmp_path):
     model.loss(feats.features, torch.as_tensor(feats.labels)).backward()
     assert model.context.vectors.grad.abs().sum() > 0 and model.merge.q.weight.grad.abs().sum() > 0
     assert model.predict_logits(feats.features).shape == (6, 2)
+
+
+def test_report_says_not_run_and_compares_an_older_run_by_method():
+    from medad.reports import vip as report
+    from medad.results import row
+
+    new = [row("chest_xray", "main", "CoOp (4 context + class name) [a]", "accuracy", 0.7, 0.6, 0.8, 3, 624, 0.01),
+           row("chest_xray", "main", "ViP (CoP + MeP) [a]", "accuracy", 0.8, 0.7, 0.9, 3, 624, 0.02),
+           row("chest_xray", "main", "ViP (CoP + MeP) [mean of 2 backbones]", "accuracy", 0.5, seeds=3, n=624)]
+    old = [row("chest_xray", "main", "CoOp (16 context + class name) [a]", "accuracy", 0.6, seeds=3, n=624, seed_sd=0.05),
+           row("brain_mri", "main", "ViP (CoP + MeP) [a]", "accuracy", 0.75, seeds=3, n=1311)]
+    table = report.compare_runs({"new": new, "old": old})
+    assert table.to_dict("records") == [
+        {"dataset": "chest X-ray (Pneumonia)", "method": "CoOp", "new": "70.0 (60.0–80.0) s.d. 1.0", "old": "60.0 s.d. 5.0"},
+        {"dataset": "chest X-ray (Pneumonia)", "method": "ViP", "new": "80.0 (70.0–90.0) s.d. 2.0", "old": "not run"},
+        {"dataset": "brain MRI (4 classes)", "method": "ViP", "new": "not run", "old": "75.0"}]
+    assert report.percent(0.8123) == "81.2 %" and report.percent(float("nan")) == "not run"
+    assert report.percent(-0.0144, signed=True) == "-1.4 points"
+    older = {"data": [{"dataset": "chest_xray", "split": "train", "n": 4683}], "config": {"train_images": 600}}
+    newer = {"data": [{"dataset": "chest_xray", "split": "train", "n": 4683, "n_used": 4683}]}
+    assert report.split_sizes(older, "chest_xray") == {"train": 600} and report.split_sizes(newer, "chest_xray") == {"train": 4683}
+    assert report.split_sizes(newer, "derm7pt") == {} and report.count_text(None) == "not run"
+    knowledge = [row(d, "knowledge", m, "accuracy", v) for d in ("chest_xray", "brain_mri") for m, v in
+                 (("ViP (CoP + MeP) [a]", 0.80), ("ViP, symptoms replaced: out-of-domain [a]", 0.79),
+                  ("ViP, symptoms replaced: antonym-swapped [a]", 0.795))]
+    assert report.knowledge_finding(knowledge)["verdict"] == "learnt class tokens"
+    knowledge[1] = row("chest_xray", "knowledge", "ViP, symptoms replaced: out-of-domain [a]", "accuracy", 0.70)
+    assert report.knowledge_finding(knowledge)["verdict"] == "symptom knowledge"  # mean cost 5 points on chest X-rays
+    assert report.knowledge_finding(new)["verdict"] is None
