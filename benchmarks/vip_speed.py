@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             opt.zero_grad()
             terms["loss"].backward()
             opt.step()
-            loss = float(terms["loss"])
+            loss = float(terms["loss"].detach())
             if i:
                 times.append(time.perf_counter() - t0)
         return statistics.median(times), loss
