@@ -278,13 +278,16 @@ def _cfg(**over):
 
 def test_plan_runs_settings_in_order_seed_by_seed_and_deterministic_methods_once():
     cfg = _cfg(datasets=["chest_xray", "brain_mri"], backbones=["a", "b"], seeds=[1, 2], ablation_seeds=[1, 2],
-               settings=["main", "ablation"], limits={"b": {"datasets": ["chest_xray"], "settings": ["main"]}})
+               settings=["main", "knowledge", "ablation"], limits={"b": {"datasets": ["chest_xray"], "settings": ["main"]}})
     keys = [u.key for u in vx.plan(cfg)]
     assert len(keys) == len(set(keys))
     assert keys[:6] == [f"chest_xray/a/{k}/seed1" for k in ("zs_names", "zs_symptoms", "linear_probe", "coop", "kgcoop", "vip")]
     assert keys[6:12] == [f"brain_mri/a/{k}/seed1" for k in ("zs_names", "zs_symptoms", "linear_probe", "coop", "kgcoop", "vip")]
     assert keys[12:18] == [f"{d}/a/{k}/seed2" for d in ("chest_xray", "brain_mri") for k in ("coop", "kgcoop", "vip")]
-    assert keys[18:22] == [f"{d}/a/{k}/seed1" for d in ("chest_xray", "brain_mri") for k in ("cop", "mep")]
+    knowledge = ("vip_out_of_domain", "vip_non_diagnostic", "vip_antonym")  # then each seed of the other settings
+    assert keys[18:23] == [f"chest_xray/a/{k}/seed1" for k in knowledge + ("cop", "mep")]
+    assert keys[23:28] == [f"brain_mri/a/{k}/seed1" for k in knowledge + ("cop", "mep")]
+    assert keys[28:33] == [f"chest_xray/a/{k}/seed2" for k in knowledge + ("cop", "mep")]
     assert [k for k in keys if "/a/zs_symptoms" in k] == ["chest_xray/a/zs_symptoms/seed1", "brain_mri/a/zs_symptoms/seed1"]
     assert {k.split("/")[0] for k in keys if k.split("/")[1] == "b"} == {"chest_xray"}
     assert not [k for k in keys if k.startswith("chest_xray/b/cop")]

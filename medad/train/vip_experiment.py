@@ -94,10 +94,10 @@ def seeds_of(cfg, setting: str) -> list[int]:
 
 
 def plan(cfg) -> list[Unit]:
-    """Every unit of ``cfg``, each once, in the order it runs: per backbone, the settings in the profile's order
-    (the main comparison first where it is listed first), each setting seed by seed, so that a run cut short
-    has whole settings, and whole seeds of the setting it was in. A deterministic method (zero-shot, linear
-    probe) is one unit, under the first seed of the first setting that needs it."""
+    """Every unit of ``cfg``, each once, in the order it runs: per backbone, the main comparison first, seed by
+    seed; then the other settings seed by seed (each seed: every other setting in the profile's order), so
+    that a run cut short has whole seeds of the main comparison and then of every other setting. A
+    deterministic method (zero-shot, linear probe) is one unit, under the first seed that needs it."""
     units: list[Unit] = []
 
     def add(dataset: str, bb: str, key: str, seed: int) -> None:
@@ -106,10 +106,15 @@ def plan(cfg) -> list[Unit]:
             units.append(Unit(dataset, bb, key, seed))
 
     for bb in cfg["backbones"]:
-        for setting in cfg["settings"]:
-            for seed in seeds_of(cfg, setting):
-                for dataset in cfg["datasets"]:
-                    if setting in settings_of(cfg, bb, dataset):
+        for seed in seeds_of(cfg, "main"):
+            for dataset in cfg["datasets"]:
+                if "main" in settings_of(cfg, bb, dataset):
+                    for key in SETTINGS["main"]:
+                        add(dataset, bb, key, seed)
+        for seed in seeds_of(cfg, "ablation"):
+            for dataset in cfg["datasets"]:
+                for setting in settings_of(cfg, bb, dataset):
+                    if setting != "main":
                         for key in SETTINGS[setting]:
                             add(dataset, bb, key, seed)
     return units
