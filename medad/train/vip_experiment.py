@@ -249,7 +249,7 @@ def run_unit(cfg, unit: Unit, feats: PairFeatures, symptoms, modality: str, devi
 # ----------------------------------------------------------------------------- the experiment
 
 
-def figure_unit(cfg, units: list[Unit], dataset: str, backbone: str) -> Unit | None:
+def figure_unit(units: list[Unit], dataset: str, backbone: str) -> Unit | None:
     """The unit whose trained ViP the chapter's figures show: the first main seed's ViP on ``dataset`` and ``backbone``."""
     hits = [u for u in units if (u.dataset, u.backbone, u.method) == (dataset, backbone, "vip")]
     return hits[0] if hits else None
@@ -291,7 +291,7 @@ def run_experiment(cfg, opener, state: RunState | None = None, device: str = "cp
                                                    progress)
         return features[(dataset, bb)]
 
-    figure = {figure_unit(cfg, units, d, b) for d in splits for b in cfg["backbones"]} - {None}
+    figure = {figure_unit(units, d, b) for d in splits for b in cfg["backbones"]} - {None}
     for unit in units:
         if state.done(unit.key) or finished_only:
             continue
