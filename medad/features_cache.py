@@ -182,15 +182,21 @@ def open_subset(dataset: str, split: str, data_dir=None, max_images: int | None 
     """(dataset, subset name) of one split of a registered dataset, optionally a seeded stratified subset of it."""
     from medad.data import open_dataset
 
-    # A synthetic split is a fixed set of images, as a real one is: the subset is drawn from it the same way,
-    # so every reader of the split (test groups, provenance) sees the images the features came from.
-    ds = open_dataset(dataset, split, data_dir)
+    return subset_of(open_dataset(dataset, split, data_dir), max_images, subset_seed)
+
+
+def subset_of(ds, max_images: int | None = None, subset_seed: int = 0):
+    """(dataset, subset name): ``ds`` itself (``"all"``), or its seeded stratified subset of ``max_images`` images.
+
+    A synthetic split is a fixed set of images, as a real one is: the subset is drawn from it the same way,
+    so every reader of the split (test labels and groups, provenance) sees the images the features came from.
+    """
     subset = "all"
     if max_images is not None and max_images < len(ds):
         ds = ds.subset(stratified_subset(ds.labels, max_images, subset_seed).tolist())
         subset = f"n{max_images}-s{subset_seed}"
     elif max_images is not None and max_images > len(ds):
-        warnings.warn(f"{ds.display_name} {split}: {max_images} images asked for, the split has {len(ds)}; all {len(ds)} are used",
+        warnings.warn(f"{ds.display_name} {ds.split}: {max_images} images asked for, the split has {len(ds)}; all {len(ds)} are used",
                       stacklevel=3)
     return ds, subset
 
@@ -318,7 +324,8 @@ def augmented_views(backbone, ds, *, n_views: int, seed: int, subset: str = "all
     since_save = 0
     for lo in range(start, len(ids), per_batch):
         hi = min(lo + per_batch, len(ids))
-        views = [augmented_view(ds[i].image, backbone.preprocess, view_rng(seed, ids[i], v))
+        images = [ds[i].image for i in range(lo, hi)]  # decoded once for all its views
+        views = [augmented_view(images[i - lo], backbone.preprocess, view_rng(seed, ids[i], v))
                  for i in range(lo, hi) for v in range(n_views)]
         emb = backbone.encode_image(torch.stack(views).to(device), levels=()).embedding.float().cpu()
         rows.append(emb.reshape(hi - lo, n_views, -1))

@@ -65,6 +65,8 @@ def markdown_table(prov: dict) -> str:
         ("Profile", prov["profile"]),
         ("Device", prov["device"]),
         ("Seed", str(prov["seed"])),
+        *([("Training seeds", ", ".join(map(str, prov["parameters"]["seeds"])))]
+          if isinstance(prov.get("parameters", {}).get("seeds"), list) else []),  # `seed` is not what trained (issue 22)
         ("Started", prov["started"]),
         ("Time taken", f"{prov['seconds']:.0f} s" if prov.get("seconds") is not None else "running"),
     ]

@@ -98,6 +98,13 @@ def symptom_path(dataset: str) -> Path:
     return SYMPTOM_DIR / f"{dataset}.yml"
 
 
+def symptom_datasets() -> list[str]:
+    """Registered datasets that have a symptom file in ``data/symptoms/`` (the ViP chapter's ``datasets`` choices)."""
+    from medad.data import list_datasets
+
+    return [d for d in list_datasets() if symptom_path(d).is_file()]
+
+
 def load_symptoms(source: str | os.PathLike, classes: Sequence[str] | None = None) -> SymptomSet:
     """Read and check a symptom file (a dataset name means ``data/symptoms/<name>.yml``).
 

@@ -1,7 +1,11 @@
-"""ViP: the Merge Prompt's equation, the classifier's logits and gradients, training with resume, the feature
-cache's key checks, and the experiment end to end on synthetic data and Derm7pt fixtures (a tiny text backbone)."""
+"""ViP: the Merge Prompt's equation, the classifier's logits and gradients, its training task on the shared loop
+(selection, exact resumption, refusal under other settings, Dassl's schedule, augmented views), the methods as the
+official code runs them, the feature cache's key checks, and the one entry point end to end on synthetic data and on
+the Derm7pt fixture in the release's layout (a tiny text backbone)."""
 from __future__ import annotations
 
+import json
+import math
 import zlib
 
 import numpy as np
@@ -13,10 +17,11 @@ from torch.nn import functional as F
 import fixtures as fx
 from medad.backbones.base import OPENAI_MEAN, OPENAI_STD, Backbone, ImageFeatures, Preprocess, TextTokens
 from medad.errors import ConfigError, DataError
-from medad.features_cache import CachedFeatures, image_features, stratified_subset
+from medad.features_cache import CachedFeatures, CachedViews, image_features, stratified_subset
 from medad.models.vip import MergePrompt, PromptClassifier
 from medad.symptoms import load_symptoms
 from medad.train import vip_experiment as vx
+from medad.train import vip_task as vt
 
 
 class TinyBackbone(Backbone):
@@ -139,46 +144,288 @@ def _separable(n: int, seed: int) -> CachedFeatures:
     return CachedFeatures(torch.tensor(x, dtype=torch.float32), y, [f"i{i}" for i in range(n)], {})
 
 
-def test_training_learns_selects_on_val_and_resumes(tmp_path):
-    bb = TinyBackbone()
+def _views_of(feats: CachedFeatures, n_views: int = 3, seed: int = 0) -> CachedViews:
+    noise = torch.randn(len(feats), n_views, feats.features.shape[1], generator=torch.Generator().manual_seed(seed))
+    return CachedViews(feats.features[:, None] + 0.3 * noise, feats.labels, feats.ids, {})
+
+
+def _model(seed: int = 7, **kw) -> PromptClassifier:
+    torch.manual_seed(seed)
+    return PromptClassifier(TinyBackbone(), SYMPTOMS, context=4, aggregate="merge", **kw)
+
+
+def test_training_learns_and_keeps_the_best_validation_epoch():
     train, val = _separable(128, 1), _separable(64, 2)
-    settings = vx.TrainSettings(epochs=6, batch_size=32, lr=0.5, warmup_epochs=1)
-    torch.manual_seed(7)  # an init that starts below 0.8 (prompts end with a period since issue 21)
-    model = PromptClassifier(bb, SYMPTOMS, context=4, aggregate="merge")
-    before = vx.evaluate(model, val.features, val.labels)["accuracy"]
-    out = vx.train_prompts(model, train, val, settings, seed=7, progress=False)
-    assert len(out["history"]) == 6 and out["best_val"] == max(out["history"])
-    assert out["best_val"] > max(before, 0.8)
-    assert vx.evaluate(model, val.features, val.labels)["accuracy"] == out["best_val"]  # the best epoch's state
-    # interrupted after 3 epochs, resumed from the checkpoint: the same history and state as the uninterrupted run
-    ckpt, calls, real_evaluate = tmp_path / "ckpt.pt", [], vx.evaluate
+    settings = vt.TrainSettings(epochs=6, batch_size=32, lr=0.5, seed=7)
+    model = _model()  # an init that starts below 0.8
+    before = vt.evaluate(model, val.features, val.labels)["accuracy"]
+    fit = vt.train_method(model, train, val, settings, progress=False)
+    history = [v["val_accuracy"] for v in fit.validations]
+    assert len(history) == 6 and fit.steps == 6 * 4 and fit.best["val_accuracy"]["value"] == max(history)
+    assert max(history) > max(before, 0.8)
+    best_epoch = history.index(max(history))  # the earliest among ties
+    assert fit.best_step == 4 * (best_epoch + 1)
+    assert vt.evaluate(model, val.features, val.labels)["accuracy"] == max(history)  # the best epoch's weights
 
-    def stop_at_fourth(*args):
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_resumed_run_equals_the_uninterrupted_one_and_other_settings_are_refused(tmp_path, precision):
+    train, val = _views_of(_separable(100, 1)), _separable(40, 2)
+    settings = vt.TrainSettings(epochs=5, batch_size=32, lr=0.5, seed=3, precision=precision)
+    whole = _model()
+    ref = vt.train_method(whole, train, val, settings, progress=False)
+    calls = []
+    real = vt.PromptTask.validate
+
+    def stop_at_third_epoch(self):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_evaluate(*args)
+        return real(self)
 
-    torch.manual_seed(7)
-    first = PromptClassifier(bb, SYMPTOMS, context=4, aggregate="merge")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vx, "evaluate", stop_at_fourth)
+        mp.setattr(vt.PromptTask, "validate", stop_at_third_epoch)
         with pytest.raises(KeyboardInterrupt):
-            vx.train_prompts(first, train, val, settings, 7, ckpt, False)
-    assert torch.load(ckpt, weights_only=False)["state"]["epoch"] == 3
-    torch.manual_seed(99)  # another init: everything must come from the checkpoint
-    resumed = PromptClassifier(bb, SYMPTOMS, context=4, aggregate="merge")
-    res = vx.train_prompts(resumed, train, val, settings, 7, ckpt, False)
-    assert res["history"] == out["history"]
-    for (k, v), w in zip(model.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(v, w, atol=1e-6), k
+            vt.train_method(_model(), train, val, settings, tmp_path / "last.pt", progress=False)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["state"]["step"] == 2 * 3  # after epoch 2
+    resumed_model = _model(seed=99)  # another init: everything must come from the checkpoint
+    resumed = vt.train_method(resumed_model, train, val, settings, tmp_path / "last.pt", progress=False)
+    assert [v["val_accuracy"] for v in resumed.validations] == [v["val_accuracy"] for v in ref.validations]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in ref.history]
+    for (k, v), w in zip(whole.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(v, w), k
+    with pytest.raises(ConfigError, match=r"other settings.*schedule\.lr: 0\.5 -> 0\.25.*--fresh"):
+        vt.train_method(_model(), train, val, vt.TrainSettings(**{**settings.__dict__, "lr": 0.25}), tmp_path / "last.pt",
+                        progress=False)
+    with pytest.raises(ConfigError, match=r"views: 3 -> 2"):
+        vt.train_method(_model(), _views_of(_separable(100, 1), n_views=2), val, settings, tmp_path / "last.pt",
+                        progress=False)
 
 
-def test_lr_schedule_is_warmup_then_cosine():
-    s = vx.TrainSettings(epochs=10, lr=0.002, warmup_epochs=1, warmup_lr=1e-5)
-    assert s.lr_at(0) == 1e-5
-    assert s.lr_at(1) == pytest.approx(0.5 * 0.002 * (1 + np.cos(np.pi / 10)))
-    assert s.lr_at(9) < s.lr_at(5) < s.lr_at(1) <= 0.002
+def test_the_task_follows_dassls_schedule_and_drops_the_last_partial_batch():
+    from medad.experiment.schedules import dassl_warmup_cosine
+
+    train, val = _separable(70, 1), _separable(20, 2)
+    task = vt.PromptTask(_model(), train, val, vt.TrainSettings(epochs=5, batch_size=32, lr=0.002))
+    assert task.steps_per_epoch() == 2  # 70 images: two batches of 32, the last 6 dropped
+    batches = task.epoch_batches(0, np.random.default_rng(0))
+    assert [len(b) for b in batches] == [32, 32] and len(set(np.concatenate(batches).tolist())) == 64
+    lrs = [task.lr(step, 10) for step in range(10)]
+    expected = [1e-5, 0.002] + [0.001 * (1 + math.cos(math.pi * k / 5)) for k in (1, 2, 3)]
+    assert lrs == pytest.approx([e for e in expected for _ in range(2)], rel=1e-12)
+    assert lrs == [dassl_warmup_cosine(s // 2, 0.002, 5) for s in range(10)]
+    with pytest.raises(ConfigError, match="batch_size=32 exceeds the 20 training images"):
+        vt.PromptTask(_model(), _separable(20, 1), val, vt.TrainSettings(batch_size=32))
+
+
+def test_each_step_shows_one_cached_view_of_every_image():
+    train, val = _views_of(_separable(64, 1), n_views=4), _separable(20, 2)
+    task = vt.PromptTask(_model(), train, val, vt.TrainSettings(batch_size=32))
+    seen = []
+    task.model.loss_terms = lambda f, y: seen.append(f) or {"loss": f.sum()}
+    batch = task.epoch_batches(0, np.random.default_rng(0))[0]
+    for _ in range(3):
+        task.loss(batch, None)
+    views = train.features[torch.as_tensor(batch)]  # (32, 4, D)
+    picks = [[int(torch.nonzero((views[i] == f[i]).all(-1))[0]) for i in range(32)] for f in seen]
+    assert all(len(p) == 32 for p in picks) and len({tuple(p) for p in picks}) == 3  # new draws each step
+    assert set(sum(picks, [])) == {0, 1, 2, 3}
+    assert set(task.generators()) == {"views"}
+
+
+def test_methods_are_built_as_the_official_code_runs_them():
+    from medad.models.vip import OFFICIAL_METHOD_SETTINGS
+
+    bb, sym = TinyBackbone(), load_symptoms("chest_xray")
+    coop = vt.build_classifier(vt.METHODS["coop"], bb, sym, "chest X-ray")
+    assert coop.context.vectors.shape[0] == 4 and coop.prompts == ["normal chest.", "pneumonia."] and coop.kg_weight == 0
+    kg = vt.build_classifier(vt.METHODS["kgcoop"], bb, sym, "chest X-ray")
+    phrase = bb.token_embeddings(bb.tokenize(["a photo of a"]))[0, 1:5]
+    assert torch.equal(kg.context.vectors.detach(), phrase.detach()) and kg.kg_weight == 8.0
+    hand = F.normalize(bb.encode_text(["a photo of a normal chest.", "a photo of a pneumonia."]), dim=-1)
+    assert torch.allclose(kg._hand, hand, atol=1e-6)
+    vip = vt.build_classifier(vt.METHODS["vip"], bb, sym, "chest X-ray", n_ctx=6)
+    assert vip.context.vectors.shape[0] == 6 and vip.aggregate == "merge" and vip.texts == sym.per_class()
+    mep = vt.build_classifier(vt.METHODS["mep"], bb, sym, "chest X-ray")
+    assert mep.context is None and mep.merge is not None
+    antonym = vt.build_classifier(vt.METHODS["vip_antonym"], bb, sym, "chest X-ray")
+    assert antonym.texts[1] == sym.ablations["antonym"] and antonym.texts[0] == sym.symptoms["NORMAL"]
+    zs = vt.build_classifier(vt.METHODS["zs_names"], bb, sym, "chest X-ray")
+    assert zs.prompts == ["a chest X-ray image of normal chest.", "a chest X-ray image of pneumonia."] and zs.trainable() == []
+    cfg = {"lr": 0.005, "batch_size": 24, "official_clip_settings": True, "batch_cap": None}
+    assert vt.lr_for(vt.METHODS["coop"], "standin-effnet-lite0-minilm", cfg) == OFFICIAL_METHOD_SETTINGS["coop"]["lr"] == 0.001
+    assert vt.lr_for(vt.METHODS["vip"], "standin-effnet-lite0-minilm", cfg) == 0.005
+    assert (vt.lr_for(vt.METHODS["vip"], "clip-rn50x64", cfg), vt.batch_size_for("clip-rn50x64", cfg)) == (0.001, 8)
+    assert (vt.lr_for(vt.METHODS["kgcoop"], "clip-vit-l-14-336-native", cfg), vt.batch_size_for("clip-vit-l-14-336-native", cfg)) == (0.002, 16)
+    assert vt.batch_size_for("standin-effnet-lite0-minilm", cfg) == 24
+    own = {**cfg, "official_clip_settings": False}
+    assert (vt.lr_for(vt.METHODS["vip"], "clip-rn50x64", own), vt.batch_size_for("clip-rn50x64", own)) == (0.005, 24)
+    assert set(vt.methods_for(["main"])) == {"zs_names", "zs_symptoms", "linear_probe", "coop", "kgcoop", "vip"}
+
+
+def _cfg(**over):
+    from medad.params import Config
+
+    cfg = {"datasets": ["chest_xray"], "backbones": ["tiny-test"], "settings": ["main", "augmentation", "ablation"],
+           "seeds": [1, 2], "ablation_seeds": [1], "train_images": None, "val_images": None, "test_images": None,
+           "epochs": 2, "batch_size": 16, "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5, "momentum": 0.9,
+           "weight_decay": 5e-4, "n_ctx": 4, "n_boot": 50, "views": 2, "view_seed": 0, "precision": "fp32",
+           "channels_last": False, "official_clip_settings": True, "weights": None, "limits": None, "batch_cap": None,
+           "symptom_files": {}, "device": "cpu", "seed": 0, "threads": 1, "long_run": None}
+    cfg.update(over)
+    return Config(cfg)
+
+
+def test_plan_runs_settings_in_order_seed_by_seed_and_deterministic_methods_once():
+    cfg = _cfg(datasets=["chest_xray", "brain_mri"], backbones=["a", "b"], seeds=[1, 2], ablation_seeds=[1, 2],
+               settings=["main", "knowledge", "ablation"], limits={"b": {"datasets": ["chest_xray"], "settings": ["main"]}})
+    keys = [u.key for u in vx.plan(cfg)]
+    assert len(keys) == len(set(keys))
+    assert keys[:6] == [f"chest_xray/a/{k}/seed1" for k in ("zs_names", "zs_symptoms", "linear_probe", "coop", "kgcoop", "vip")]
+    assert keys[6:12] == [f"brain_mri/a/{k}/seed1" for k in ("zs_names", "zs_symptoms", "linear_probe", "coop", "kgcoop", "vip")]
+    assert keys[12:18] == [f"{d}/a/{k}/seed2" for d in ("chest_xray", "brain_mri") for k in ("coop", "kgcoop", "vip")]
+    knowledge = ("vip_out_of_domain", "vip_non_diagnostic", "vip_antonym")  # then each seed of the other settings
+    assert keys[18:23] == [f"chest_xray/a/{k}/seed1" for k in knowledge + ("cop", "mep")]
+    assert keys[23:28] == [f"brain_mri/a/{k}/seed1" for k in knowledge + ("cop", "mep")]
+    assert keys[28:33] == [f"chest_xray/a/{k}/seed2" for k in knowledge + ("cop", "mep")]
+    assert [k for k in keys if "/a/zs_symptoms" in k] == ["chest_xray/a/zs_symptoms/seed1", "brain_mri/a/zs_symptoms/seed1"]
+    assert {k.split("/")[0] for k in keys if k.split("/")[1] == "b"} == {"chest_xray"}
+    assert not [k for k in keys if k.startswith("chest_xray/b/cop")]
+    with pytest.raises(ConfigError, match="limits.c"):
+        vx.plan({**cfg, "limits": {"c": {}}})
+    with pytest.raises(ConfigError, match="needs views >= 1"):
+        vx.plan({**cfg, "settings": ["augmentation"], "views": 0, "limits": None})
+
+
+def _record(tmp_path, name="tiny-run", profile="long_cpu", data_dir=None, **over):
+    from medad.experiment.record import RunRecord
+
+    return RunRecord("vip", profile, name, data_dir=data_dir, resolved=_cfg(**over), state_root=tmp_path / "state",
+                     results_root=tmp_path / "results", code_files=vx.CODE_FILES)
+
+
+def test_one_entry_point_writes_a_committed_run_resumes_and_refuses_to_overwrite_another(tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    rec = _record(tmp_path)
+    out = vx.run_experiment(rec.config, rec.opener, rec.state, "cpu", progress=False, log=lambda *_: None,
+                            backbones={"tiny-test": TinyBackbone()})
+    assert out["finished"] == out["planned"] == 3 + 2 * 3 + 1 + 2  # zs x2 + probe, 3 trained x 2 seeds, centre crop, cop, mep
+    folder = vx.write_committed(rec, out)
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["kind"] == "smoke" and prov["run_id"] == rec.run_id and prov["precision"] == "float32"
+    assert prov["training_seeds"] == {"main": [1, 2], "other settings": [1]}
+    assert {d["split"]: d["n_used"] for d in prov["data"]} == {"train": 64, "val": 64, "test": 64}
+    assert "2 epochs over every training image" in prov["schedule"] and "2 cached augmented views" in prov["schedule"]
+    table = pd.read_csv(folder / "table.csv")
+    assert set(table.setting) == {"main", "augmentation", "ablation"} and table.value.between(0, 1).all()
+    assert ((table.ci_low <= table.value) & (table.value <= table.ci_high)).all()
+    assert table.ci_low.ge(0).all() and table.ci_high.le(1).all()  # a bootstrap over images stays in range
+    vip = table[(table.setting == "main") & table.method.str.startswith("ViP (CoP + MeP)")]
+    assert (vip.seeds == 2).all() and vip.seed_sd.notna().all()
+    assert (table[table.setting == "ablation"].query("method.str.startswith('+ CoP')", engine="python").seeds == 1).all()
+    with np.load(folder / "predictions.npz") as z:
+        assert len(z["chest_xray/labels"]) == 64 and "chest_xray/tiny-test/vip/seed2" in z.files
+    attention = pd.read_csv(folder / "attention.csv")
+    assert set(attention.seed) == {1, 2} and np.allclose(attention.groupby(["seed", "class"]).weight.sum(), 1, atol=1e-4)
+    # the same name resumes: nothing is trained again and the rows are equal
+    again = _record(tmp_path)
+    assert again.run_id == rec.run_id
+    trained = []
+    monkeypatch.setattr(vx, "train_method", lambda *a, **k: trained.append(1))
+    rerun = vx.run_experiment(again.config, again.opener, again.state, "cpu", progress=False, log=lambda *_: None,
+                              backbones={"tiny-test": TinyBackbone()})
+    assert not trained and rerun["rows"] == out["rows"]
+    # ... but not under other settings, and another run never writes into this run's folder
+    with pytest.raises(ConfigError, match=r"other settings.*epochs: 2 -> 3"):
+        _record(tmp_path, epochs=3)
+    import shutil
+    shutil.rmtree(tmp_path / "state")
+    with pytest.raises(ConfigError, match="already holds another run's results"):
+        _record(tmp_path)
+
+
+def test_finished_only_tabulates_what_finished_and_says_partial(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    rec = _record(tmp_path, settings=["main"])
+    vx.run_experiment(rec.config, rec.opener, rec.state, "cpu", progress=False, log=lambda *_: None,
+                      backbones={"tiny-test": TinyBackbone()})
+    units = json.loads((rec.state.folder / "units.json").read_text())
+    del units["chest_xray/tiny-test/vip/seed2"]  # as if cut short before it
+    (rec.state.folder / "units.json").write_text(json.dumps(units))
+    again = _record(tmp_path, settings=["main"])
+    monkeypatch.setattr(vx, "load_backbone_for", lambda *a: pytest.fail("finished_only loads no backbone"))
+    out = vx.run_experiment(again.config, again.opener, again.state, "cpu", progress=False, finished_only=True)
+    assert (out["finished"], out["planned"]) == (8, 9)
+    vip = [r for r in out["rows"] if r["method"].startswith("ViP")]
+    assert {r["seeds"] for r in vip} == {1}
+    assert vx.schedule_text(again.config, out, 1).endswith("PARTIAL: 8 of 9 units finished")
+    empty = _record(tmp_path / "other", name="empty", settings=["main"])
+    nothing = vx.run_experiment(empty.config, empty.opener, empty.state, "cpu", progress=False, finished_only=True)
+    with pytest.raises(ConfigError, match="no unit has finished yet"):
+        vx.write_committed(empty, nothing)
+
+
+def test_derm7pt_runs_end_to_end_with_only_its_release(tmp_path, monkeypatch):
+    """With only release_v0.zip in the data folder, Derm7pt runs and the provenance records the subsets used."""
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    root = fx.write(tmp_path / "data", fx.derm_files(), "release_v0.zip")
+    assert [p.name for p in root.iterdir()] == ["release_v0.zip"]
+    rec = _record(tmp_path, data_dir=root, datasets=["derm7pt"], settings=["main"], seeds=[1], batch_size=2,
+                  test_images=2)
+    out = vx.run_experiment(rec.config, rec.opener, rec.state, "cpu", progress=False, log=lambda *_: None,
+                            backbones={"tiny-test": TinyBackbone()})
+    assert {r["dataset"] for r in out["rows"]} == {"derm7pt"} and len(out["rows"]) == 12
+    prov = json.loads((vx.write_committed(rec, out) / "provenance.json").read_text())
+    assert prov["kind"] == "long-cpu" and {d["dataset"] for d in prov["data"]} == {"derm7pt"}
+    used = {d["split"]: (d["n"], d["n_used"], d["subset"]) for d in prov["data"]}
+    assert used["train"] == (4, 4, "all") and used["test"] == (4, 2, "stratified subset of 2 (seed 0)")
+    assert "derm7pt 4" in prov["schedule"]
+
+
+def test_the_command_line_runs_the_quick_profile_and_tabulates_a_full_run_cut_short(tmp_path, monkeypatch, capsys):
+    import medad.paths
+
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(medad.paths, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(vx, "load_backbone_for", lambda name, cfg, device="cpu": TinyBackbone())
+    assert vx.main(["--profile", "quick", "--name", "q", "--checkpoints", str(tmp_path / "state"),
+                    "--datasets", "chest_xray"]) == 0
+    prov = json.loads((tmp_path / "results" / "vip" / "q" / "provenance.json").read_text())
+    assert prov["kind"] == "smoke" and prov["parameters"]["datasets"] == ["chest_xray"] and prov["profile"] == "quick"
+    # a full run that has finished nothing: one clear line, no KeyError
+    assert vx.main(["--profile", "full", "--finished-only", "--name", "f", "--checkpoints", str(tmp_path / "state")]) == 2
+    assert "no unit has finished yet" in capsys.readouterr().err
+    assert vx.main(["--profile", "quick", "--name", "q2", "--datasets", "lidc"]) == 2
+    assert "datasets" in capsys.readouterr().err
+
+
+def test_profiles_full_rehearse_and_schema_choices():
+    from medad import profiles
+    from medad.backbones import get_spec
+    from medad.models.vip import OFFICIAL_CLIP_SETTINGS
+
+    full, rehearse = profiles.resolve_named("vip", "full"), profiles.resolve_named("vip", "rehearse")
+    counts = {"epochs", "seeds", "ablation_seeds", "train_images", "val_images", "test_images", "views", "n_boot",
+              "batch_cap", "threads", "device"}
+    differ = {k for k in full if full[k] != rehearse[k]} - {"profile"}
+    assert differ <= counts | {"weights", "datasets", "settings"} and rehearse["weights"] == "random"
+    for key in ("datasets", "settings"):  # a list keeps its first items
+        assert rehearse[key] == full[key][:len(rehearse[key])]
+    assert rehearse["backbones"] == full["backbones"]  # every CLIP backbone, at its real size
+    assert rehearse["epochs"] <= 2 and len(rehearse["seeds"]) == 1 and rehearse["test_images"] <= 8
+    assert set(full["backbones"]) == set(OFFICIAL_CLIP_SETTINGS)  # ViP's three CLIP backbones at their sizes
+    assert all(get_spec(b).input_size == OFFICIAL_CLIP_SETTINGS[b]["image_size"] for b in full["backbones"])
+    assert all(vt.batch_size_for(b, rehearse) == 2 and vt.batch_size_for(b, full) == OFFICIAL_CLIP_SETTINGS[b]["batch_size"]
+               for b in full["backbones"])
+    assert rehearse["train_images"] >= rehearse["batch_cap"]
+    quick = profiles.resolve_named("vip", "quick")
+    assert quick["warmup_epochs"] == 1 and quick["n_ctx"] == 4 and quick["views"] == 0  # schema defaults
+    with pytest.raises(ConfigError, match="backbones"):
+        profiles.resolve("vip", "quick", backbones=["effnet-lite0"])  # no text encoder: not a choice
+    with pytest.raises(ConfigError, match="settings"):
+        profiles.resolve("vip", "quick", settings=["table9"])
 
 
 def test_feature_cache_hits_and_refuses_a_foreign_file(tmp_path):
@@ -209,97 +456,9 @@ def test_feature_cache_hits_and_refuses_a_foreign_file(tmp_path):
 
 def test_stratified_subset_keeps_proportions():
     labels = np.array([0] * 30 + [1] * 70)
-    idx = stratified_subset(labels, 20, seed=0)
+    idx = stratified_subset(labels, 20, 0)
     assert len(idx) == 20 and (labels[idx] == 1).sum() == 14 and np.all(np.diff(idx) > 0)
     assert np.array_equal(stratified_subset(labels, None), np.arange(100))
-
-
-def _cfg(**over) -> dict:
-    cfg = {"datasets": ["chest_xray"], "backbones": [TinyBackbone()], "settings": ["main", "ablation", "aggregation", "knowledge"],
-           "seeds": [1, 2], "train_images": None, "val_images": None, "test_images": None, "epochs": 2, "batch_size": 16,
-           "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5, "momentum": 0.9, "weight_decay": 5e-4, "n_ctx": 4, "n_boot": 50}
-    cfg.update(over)
-    return cfg
-
-
-def test_experiment_end_to_end_on_synthetic_data_resumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
-    out = vx.run_experiment(_cfg(), None, tmp_path / "state", progress=False, log=lambda *_: None)
-    table = __import__("pandas").DataFrame(out["rows"])
-    assert set(table["setting"]) == {"main", "ablation", "aggregation", "knowledge"}
-    main = table[table.setting == "main"]
-    assert len(main) == 12 and set(main.metric) == {"accuracy", "macro_f1"}
-    assert table["value"].between(0, 1).all()
-    vip = main[main.method.str.startswith("ViP")]
-    assert (vip.seeds == 2).all() and vip.seed_sd.notna().all()
-    zs = main[main.method.str.startswith("zero-shot, class names")]
-    assert (zs.seeds == 1).all() and (zs.ci_low <= zs.value).all() and (zs.value <= zs.ci_high).all()
-    assert {a["class"] for a in out["attention"]} == {"NORMAL", "PNEUMONIA"}
-    done = sorted((tmp_path / "state").glob("*.json"))
-    assert len(done) == 3 + 2 * 9  # deterministic methods once, trained ones per seed
-    stamp = {p.name: p.stat().st_mtime_ns for p in done}
-    again = vx.run_experiment(_cfg(), None, tmp_path / "state", progress=False, log=lambda *_: None)
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "state").glob("*.json")} == stamp  # nothing re-run
-    assert again["rows"] == out["rows"]
-
-
-def test_replaced_knowledge_uses_the_ablation_texts():
-    bb = TinyBackbone()
-    sym = load_symptoms("chest_xray")
-    model = vx.build_classifier(vx.METHODS["vip_antonym"], bb, sym, "chest X-ray")
-    assert model.texts[1] == sym.ablations["antonym"] and model.texts[0] == sym.symptoms["NORMAL"]
-    coop = vx.build_classifier(vx.METHODS["coop"], bb, sym, "chest X-ray")
-    assert model.context.vectors.shape[0] == 4 and coop.context.vectors.shape[0] == 16 and coop.texts == [["normal chest"], ["pneumonia"]]
-    zs = vx.build_classifier(vx.METHODS["zs_names"], bb, sym, "chest X-ray")
-    assert zs.texts == [["a chest X-ray image of normal chest"], ["a chest X-ray image of pneumonia"]]
-    with pytest.raises(ConfigError, match="unknown setting"):
-        vx.methods_for(["main", "table9"])
-
-
-def test_derm7pt_fixture_runs_with_its_symptoms(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
-    root = fx.write(tmp_path / "data", fx.derm_files(), "release_v0.zip")
-    cfg = _cfg(datasets=["derm7pt"], settings=["main"], seeds=[1], epochs=1)
-    out = vx.run_experiment(cfg, root, tmp_path / "state", progress=False, log=lambda *_: None)
-    table = __import__("pandas").DataFrame(out["rows"])
-    assert set(table.dataset) == {"derm7pt"} and len(table) == 12
-
-
-def test_long_run_writes_a_tidy_committed_run(tmp_path, monkeypatch):
-    from medad.results import load_run
-
-    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
-    cfg = _cfg(settings=["main", "knowledge"], seeds=[1], epochs=1, schedule="tiny test schedule",
-               backbones=[TinyBackbone()], limits={"tiny-test": {"settings": ["main"]}})
-    monkeypatch.setattr(vx, "profile_config", lambda profile: cfg)
-    folder = vx.run_long("tiny", None, "unit-run", 1, tmp_path / "results", tmp_path / "state")
-    run = load_run("vip", "unit-run", tmp_path / "results")
-    assert run.kind == "long-cpu" and run.provenance["schedule"] == "tiny test schedule"
-    assert set(run.table.setting) == {"main"}  # the limit left out the knowledge setting
-    assert {"code_sha256", "commit", "data", "seconds"} <= set(run.provenance)
-    attention = __import__("pandas").read_csv(folder / "attention.csv")
-    assert set(attention["class"]) == {"NORMAL", "PNEUMONIA"} and np.allclose(attention.groupby("class").weight.sum(), 1, atol=1e-4)
-    plan = vx.plan({**cfg, "backbones": ["a", "b"], "limits": {"b": {"datasets": ["x"], "settings": ["main"]}},
-                    "datasets": ["x", "y"], "settings": ["main", "ablation"], "seeds": [1, 2], "ablation_seeds": [1]})
-    assert plan[0][:2] == ("x", "a") and plan[-1][1] == "b" and {d for d, b, *_ in plan if b == "b"} == {"x"}
-    assert [s for d, b, k, s in plan if (d, b, k) == ("y", "a", "cop")] == [1]
-    assert [s for d, b, k, s in plan if (d, b, k) == ("y", "a", "vip")] == [1, 2]
-
-
-def test_a_run_cut_short_is_tabulated_and_labelled_partial(tmp_path, monkeypatch):
-    from medad.results import load_run
-
-    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
-    cfg = _cfg(settings=["main"], seeds=[1, 2], epochs=1, schedule="s", backbones=[TinyBackbone()])
-    monkeypatch.setattr(vx, "profile_config", lambda profile: dict(cfg))
-    vx.run_long("tiny", None, "full", 1, tmp_path / "results", tmp_path / "state")
-    (tmp_path / "state" / "full" / "chest_xray__tiny-test__vip__2.json").unlink()  # as if cut short before it
-    vx.run_long("tiny", None, "full", 1, tmp_path / "results", tmp_path / "state", finished_only=True)
-    run = load_run("vip", "full", tmp_path / "results")
-    assert run.provenance["schedule"] == "s; PARTIAL: 8 of 9 runs finished"
-    vip = run.table[run.table.method.str.startswith("ViP")]
-    assert (vip.seeds == 1).all()
-    assert not (tmp_path / "state" / "full" / "chest_xray__tiny-test__vip__2.json").exists()  # nothing was trained
 
 
 def test_report_tables_show_each_backbone_and_the_reported_numbers():
@@ -339,3 +498,32 @@ def test_vip_on_random_weight_clip(tmp_path):
     model.loss(feats.features, torch.as_tensor(feats.labels)).backward()
     assert model.context.vectors.grad.abs().sum() > 0 and model.merge.q.weight.grad.abs().sum() > 0
     assert model.predict_logits(feats.features).shape == (6, 2)
+
+
+def test_report_says_not_run_and_compares_an_older_run_by_method():
+    from medad.reports import vip as report
+    from medad.results import row
+
+    new = [row("chest_xray", "main", "CoOp (4 context + class name) [a]", "accuracy", 0.7, 0.6, 0.8, 3, 624, 0.01),
+           row("chest_xray", "main", "ViP (CoP + MeP) [a]", "accuracy", 0.8, 0.7, 0.9, 3, 624, 0.02),
+           row("chest_xray", "main", "ViP (CoP + MeP) [mean of 2 backbones]", "accuracy", 0.5, seeds=3, n=624)]
+    old = [row("chest_xray", "main", "CoOp (16 context + class name) [a]", "accuracy", 0.6, seeds=3, n=624, seed_sd=0.05),
+           row("brain_mri", "main", "ViP (CoP + MeP) [a]", "accuracy", 0.75, seeds=3, n=1311)]
+    table = report.compare_runs({"new": new, "old": old})
+    assert table.to_dict("records") == [
+        {"dataset": "chest X-ray (Pneumonia)", "method": "CoOp", "new": "70.0 (60.0–80.0) s.d. 1.0", "old": "60.0 s.d. 5.0"},
+        {"dataset": "chest X-ray (Pneumonia)", "method": "ViP", "new": "80.0 (70.0–90.0) s.d. 2.0", "old": "not run"},
+        {"dataset": "brain MRI (4 classes)", "method": "ViP", "new": "not run", "old": "75.0"}]
+    assert report.percent(0.8123) == "81.2 %" and report.percent(float("nan")) == "not run"
+    assert report.percent(-0.0144, signed=True) == "-1.4 points"
+    older = {"data": [{"dataset": "chest_xray", "split": "train", "n": 4683}], "config": {"train_images": 600}}
+    newer = {"data": [{"dataset": "chest_xray", "split": "train", "n": 4683, "n_used": 4683}]}
+    assert report.split_sizes(older, "chest_xray") == {"train": 600} and report.split_sizes(newer, "chest_xray") == {"train": 4683}
+    assert report.split_sizes(newer, "derm7pt") == {} and report.count_text(None) == "not run"
+    knowledge = [row(d, "knowledge", m, "accuracy", v) for d in ("chest_xray", "brain_mri") for m, v in
+                 (("ViP (CoP + MeP) [a]", 0.80), ("ViP, symptoms replaced: out-of-domain [a]", 0.79),
+                  ("ViP, symptoms replaced: antonym-swapped [a]", 0.795))]
+    assert report.knowledge_finding(knowledge)["verdict"] == "learnt class tokens"
+    knowledge[1] = row("chest_xray", "knowledge", "ViP, symptoms replaced: out-of-domain [a]", "accuracy", 0.70)
+    assert report.knowledge_finding(knowledge)["verdict"] == "symptom knowledge"  # mean cost 5 points on chest X-rays
+    assert report.knowledge_finding(new)["verdict"] is None

@@ -56,9 +56,12 @@ OFFICIAL_METHOD_SETTINGS: dict[str, dict] = {
     "vip": {"context": 4, "context_init": None, "aggregate": "merge", "kg_weight": 0.0, "lr": None,
             "source": "scripts/ViP/main_*.sh (NCTX=4), trainers/ViP.py (random N(0, 0.02) context, '<symptom>.')"},
     "coop": {"context": 4, "context_init": None, "aggregate": "mean", "kg_weight": 0.0, "lr": 0.001,
-             "source": "scripts/CoOp/main_derm.sh (NCTX=4, CSC=False, CTP=end), trainers/coop.py ('X X X X <name>.'); "
-                       "lr 0.001 as issue 21 reports from the ViP repository's CoOp config, a file this project's "
-                       "index does not hold (upstream KaiyangZhou/CoOp vit_b16_ep50.yaml has 0.002)"},
+             "source": "scripts/CoOp/main_derm.sh (NCTX=4, CSC=False, CTP=end, configs rn50x64/vit_b16/vit_L14_336_ep50), "
+                       "trainers/coop.py ('X X X X <name>.'); lr 0.001 as issue 21 reports from the ViP repository's "
+                       "CoOp configs, which this project's index does not hold (configs/trainers/CoOp/ is absent at "
+                       "c2440e2); the repository's other baseline configs that it holds (CoCoOp rn50x64_ep50 and "
+                       "vit_L14_336_ep50, VPT vit_b16_ep50) all set OPTIM.LR 0.001 (upstream KaiyangZhou/CoOp "
+                       "vit_b16_ep50.yaml has 0.002)"},
     "kgcoop": {"context": 4, "context_init": "a photo of a", "aggregate": "mean", "kg_weight": 8.0, "lr": None,
                "hand_template": "a photo of a {name}.",
                "source": "htyao89/KgCoOp: trainers/kgcoop.py (context from 'a photo of a' when CTX_INIT is set, "
@@ -78,6 +81,13 @@ OFFICIAL_CLIP_SETTINGS: dict[str, dict] = {
 }
 OFFICIAL_SCHEDULE = {"epochs": 50, "warmup_epochs": 1, "warmup_lr": 1e-5, "optimizer": "sgd",
                      "scheduler": "cosine", "augmentation": ("random_resized_crop", "random_flip")}
+
+
+def text_backbones() -> list[str]:
+    """Registered backbones with a text encoder: the ones a prompt learner can use (the schema's choices)."""
+    from medad.backbones import list_backbones
+
+    return list_backbones(text=True)
 
 
 def prompt_text(text: str) -> str:
@@ -210,6 +220,8 @@ class PromptClassifier(nn.Module):
 
     def text_features(self) -> torch.Tensor:
         """(total texts, d) features of all texts, classes one after another."""
+        if self.tokens.ids.device != self.backbone.device:  # the tokens follow the (frozen) encoder's device
+            self.tokens = self.tokens.to(self.backbone.device)
         if self.context is not None:
             return self.backbone.encode_text_with_context(self.tokens, self.context.vectors)
         if self._fixed is None:
@@ -249,9 +261,18 @@ class PromptClassifier(nn.Module):
         learnt = torch.stack([F.normalize(t, dim=-1).mean(0) for t in self.split(feats)])
         return kgcoop_term(learnt, self._hand, self.kg_weight)
 
-    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_terms(self, image_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss": ce + kg, "ce": cross-entropy of Eq. 3's logits, "kg": KgCoOp's term (0 without it)}``.
+
+        Both terms are computed in float32 (``.float()``), also under bf16 autocast.
+        """
         feats = self.text_features()
-        return F.cross_entropy(self.logits_from(image_features, feats), labels) + self.regulariser(feats)
+        ce = F.cross_entropy(self.logits_from(image_features, feats).float(), labels)
+        kg = self.regulariser(feats).float()
+        return {"loss": ce + kg, "ce": ce, "kg": kg}
+
+    def loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(image_features, labels)["loss"]
 
     @torch.no_grad()
     def predict_logits(self, image_features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:

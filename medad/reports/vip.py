@@ -1,4 +1,5 @@
-"""Plumbing of the ViP chapter: tables from tidy rows, the reported comparison, the Merge Prompt's attention, two figures."""
+"""Plumbing of the ViP chapter: tables from tidy rows, the reported comparison, two committed runs side by side,
+what a committed run lacks ("not run"), the Merge Prompt's attention, two figures."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +7,16 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from medad.reports.common import show_table
 from medad.results import format_interval, format_row
 
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 # The paper's Pneumonia split (Fang et al. 2024, Sec. 3.1; xiaofang007/ViP DATA/Pneumonia): 9:1 of the official train folder.
 PAPER_PNEUMONIA_SPLITS = {"train": 4710, "val": 522, "test": 624}
 DATASET_NAMES = {"chest_xray": "chest X-ray (Pneumonia)", "brain_mri": "brain MRI (4 classes)", "derm7pt": "Derm7pt"}
+NOT_RUN = "not run"
+# Method titles of runs committed before the methods followed OFFICIAL_METHOD_SETTINGS (issue 21) -> method key.
+OLDER_TITLES = {"CoOp (16 context + class name)": "coop", "KgCoOp (4 context + class name, λ=8)": "kgcoop"}
 
 
 def _cells(table: pd.DataFrame, percent: bool = True) -> pd.Series:
@@ -59,9 +64,100 @@ def reported_comparison(rows, reported: pd.DataFrame, method_prefix: str = "ViP 
 def value(rows, dataset: str, setting: str, method_prefix: str, metric: str = "accuracy") -> float:
     """One number of a tidy table (first match of a method prefix); NaN when absent."""
     table = pd.DataFrame(rows)
+    if table.empty:
+        return float("nan")
     hit = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["metric"] == metric)
                 & table["method"].str.startswith(method_prefix)]
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
+
+
+def percent(x: float, digits: int = 1, signed: bool = False) -> str:
+    """``0.8123`` -> ``"81.2 %"`` (``"+1.5 points"`` when ``signed``); a number the run lacks -> ``"not run"``."""
+    if x is None or not np.isfinite(x):
+        return NOT_RUN
+    return f"{100 * x:+.{digits}f} points" if signed else f"{100 * x:.{digits}f} %"
+
+
+def show_setting(rows, setting: str, caption: str):
+    """A setting's table under its caption, or one line saying the run did not run it (never an empty table)."""
+    from IPython.display import Markdown, display
+
+    table = setting_table(rows, setting)
+    display(Markdown(f"**{caption}**" + ("" if len(table) else f": *{NOT_RUN} in this run*")))
+    if len(table):
+        display(show_table(table, index=False))
+
+
+def split_sizes(provenance: dict, dataset: str) -> dict:
+    """Images of each split a committed run used for ``dataset`` (``n_used``; older runs: split sizes and the
+    profile's ``train_images``); {} when the run has no such dataset."""
+    items = [d for d in provenance.get("data", []) if d.get("dataset") == dataset]
+    sizes = {d["split"]: int(d.get("n_used", d.get("n", 0))) for d in items}
+    older = provenance.get("config") or {}
+    if sizes and "n_used" not in items[0] and older.get("train_images"):
+        sizes["train"] = min(sizes.get("train", 0), int(older["train_images"]))
+    return sizes
+
+
+def count_text(n) -> str:
+    return f"{n:,}" if n else NOT_RUN
+
+
+def method_key(title: str) -> str | None:
+    """The method key of a table title (its ``[backbone]`` tag left out), also for older runs' titles."""
+    from medad.train.vip_task import METHODS
+
+    base = title.rsplit(" [", 1)[0]
+    by_title = {m.title: k for k, m in METHODS.items()}
+    return by_title.get(base) or OLDER_TITLES.get(base)
+
+
+def compare_runs(runs: dict, setting: str = "main", metric: str = "accuracy") -> pd.DataFrame:
+    """Two (or more) committed runs side by side: a row per dataset and method (first backbone of each run),
+    a column per run, in % with the book's interval; "not run" where a run lacks the number."""
+    from medad.train.vip_task import METHODS, SETTINGS
+
+    cells: dict[tuple, dict] = {}
+    for label, rows in runs.items():
+        table = pd.DataFrame(rows)
+        table = table[(table["setting"] == setting) & (table["metric"] == metric)
+                      & ~table["method"].str.contains(r"\[mean of", regex=True)]
+        first = table["method"].str.extract(r"\[(.*)\]$")[0]
+        table = table[first == (first.iloc[0] if len(first) else None)]
+        for r in table.to_dict("records"):
+            key = method_key(r["method"])
+            if key is not None:
+                cells.setdefault((r["dataset"], key), {})[label] = format_row(r, digits=1, percent=True)
+    order = {k: i for i, k in enumerate(SETTINGS.get(setting, ()))}
+    out = [{"dataset": DATASET_NAMES.get(d, d), "method": METHODS[k].title.split(" (")[0],
+            **{label: found.get(label, NOT_RUN) for label in runs}}
+           for (d, k), found in sorted(cells.items(), key=lambda item: (list(DATASET_NAMES).index(item[0][0])
+                                                                         if item[0][0] in DATASET_NAMES else 9,
+                                                                         order.get(item[0][1], 99)))]
+    return pd.DataFrame(out)
+
+
+def knowledge_finding(rows, datasets=("chest_xray", "brain_mri"), margin: float = 0.02) -> dict:
+    """Does ViP need its symptoms? Per dataset: ViP's accuracy minus the best and the mean of its three
+    wrong-knowledge variants, and the Merge Prompt alone (+ MeP, no context) minus the Context Prompt alone.
+
+    ``verdict``: "learnt class tokens" when on every dataset run, wrong symptoms cost less than ``margin``
+    (or gain) on average, else "symptom knowledge".
+    """
+    variants = ("ViP, symptoms replaced: out-of-domain", "ViP, symptoms replaced: non-diagnostic",
+                "ViP, symptoms replaced: antonym")
+    out = {}
+    for d in datasets:
+        vip = value(rows, d, "knowledge", "ViP (CoP + MeP)")
+        wrong = [value(rows, d, "knowledge", v) for v in variants]
+        wrong = [w for w in wrong if np.isfinite(w)]
+        if not np.isfinite(vip) or not wrong:
+            continue
+        out[d] = {"vip": vip, "wrong_mean": float(np.mean(wrong)), "wrong_best": float(np.max(wrong)),
+                  "mep_minus_cop": value(rows, d, "ablation", "+ MeP") - value(rows, d, "ablation", "+ CoP")}
+    gaps = [v["vip"] - v["wrong_mean"] for v in out.values()]
+    verdict = None if not gaps else ("learnt class tokens" if max(gaps) < margin else "symptom knowledge")
+    return {"per_dataset": out, "verdict": verdict}
 
 
 def attention_table(attention: pd.DataFrame) -> pd.DataFrame:

@@ -1,304 +1,372 @@
-"""The ViP chapter's experiment: cached features, every method and ablation, seeds, tidy results.
+"""The ViP chapter's experiment: one entry point for the notebook and the command line.
 
-Used by the chapter notebook (quick/full profiles) and by the long CPU run::
+    nice -n 5 python -m medad.train.vip_experiment --profile long_cpu --data-dir ../shared/data \
+        --name long-cpu-<date> --threads 1 [--datasets derm7pt] [--finished-only]
 
-    python -m medad.train.vip_experiment --profile long_cpu --data-dir ../shared/data --name long-cpu-<date>
+writes ``results/vip/<name>/`` (table.csv, provenance.json, attention.csv, predictions.npz) through
+:class:`medad.experiment.record.RunRecord`. A rerun with the same name resumes (finished units are
+kept, an interrupted one continues from its last epoch) under the same settings and is refused
+under others; ``--finished-only`` tabulates what has finished and trains nothing.
 
-which writes ``results/vip/<name>/`` (table.csv, provenance.json, attention.csv).
-
-Protocol. Image features of every split come once from the frozen image encoder
-(:mod:`medad.features_cache`). Each trained method runs for ``epochs`` passes over
-the training images with the official optimiser (SGD lr 0.002, momentum 0.9,
-weight decay 5e-4, one warm-up epoch at 1e-5, then cosine), is evaluated on the
-validation split after every epoch, and the best validation epoch's state is
-tested once on the test split. Trained methods run under every seed; their
-interval is Student's t over seeds. Zero-shot methods and the linear probe
-(C chosen on validation) are deterministic: they run once and their interval
-is a percentile bootstrap over test images (grouped by patient).
-
-Settings (the ``setting`` column of the table):
-
-- ``main``: zero-shot with class names, zero-shot with the mean of the symptoms,
-  linear probe, CoOp, KgCoOp, ViP (CoP + MeP);
-- ``ablation`` (the paper's Table 2): zero-shot with symptoms, + CoP, + MeP, CoP + MeP;
-- ``aggregation`` (Figure 5, left): CoP with mean, max, or MeP over symptoms;
-- ``knowledge`` (Figure 5, right): ViP with one class's symptoms replaced by
-  out-of-domain, true but non-diagnostic, or antonym-swapped text.
+Protocol (:func:`run_experiment`). Each dataset's three splits are opened once through the run's
+opener, subset as the profile says (seeded, stratified) and recorded with the subset used. Image
+features come once from the frozen image encoder (:mod:`medad.features_cache`): centre crops of
+every split, and ``views`` seeded augmented views per training image for the trained methods.
+A *unit* is one method under one training seed on one dataset and backbone (:func:`plan`: the
+main comparison first, then the other settings seed by seed); each trained unit is a
+:class:`medad.train.vip_task.PromptTask` fitted by the shared loop, selected on validation
+accuracy and tested once. Zero-shot methods and the linear probe are deterministic and run once.
+Tidy rows come from every seed's per-image test predictions (:func:`medad.results.rows_from_predictions`:
+a 95% percentile bootstrap over test images, patients where the dataset has them; the seeds'
+spread in ``seed_sd``).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import time
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medad import provenance
-from medad.errors import ConfigError, command_line
-from medad.paths import REPO_ROOT
-from medad.features_cache import CachedFeatures, split_features
+from medad.errors import ConfigError
+from medad.experiment import cli
+from medad.experiment.record import RunRecord, RunState
+from medad.features_cache import CachedFeatures, augmented_views, image_features, subset_of
 from medad.metrics.classification import accuracy, macro_f1
-from medad.models.vip import PromptClassifier
-from medad.symptoms import SymptomSet, load_symptoms
+from medad.train.vip_task import (
+    METHODS, SETTINGS, TrainSettings, batch_size_for, build_classifier, linear_probe, lr_for, merge_attention,
+    methods_for, predict, train_method, uses_official_clip_settings,
+)
 
 CHAPTER = "vip"
-NAME_TEMPLATE = "a {modality} image of {name}"
+SPLITS = ("train", "val", "test")
+CODE_FILES = ("medad/models/vip.py", "medad/train/vip_task.py", "medad/train/vip_experiment.py",
+              "medad/features_cache.py", "medad/symptoms.py", "medad/experiment/loop.py",
+              "medad/experiment/schedules.py", "medad/experiment/precision.py", f"medad/profiles/{CHAPTER}.yml",
+              "data/symptoms/chest_xray.yml", "data/symptoms/brain_mri.yml", "data/symptoms/derm7pt.yml")
+
+
+# ----------------------------------------------------------------------------- what runs
 
 
 @dataclass(frozen=True)
-class Method:
-    """How one compared method builds its classifier: texts, context vectors, aggregation, training."""
+class Unit:
+    """One method under one training seed on one dataset and backbone."""
 
-    key: str
-    title: str
-    texts: str = "symptoms"     # "names", "symptoms" or "symptoms:<replacement kind>"
-    context: int = 0            # context vectors (0: fixed text features)
-    aggregate: str = "mean"
-    kg_weight: float = 0.0
-    trained: bool = True
-    probe: bool = False
+    dataset: str
+    backbone: str
+    method: str
+    seed: int
 
-
-METHODS = {m.key: m for m in (
-    Method("zs_names", "zero-shot, class names", texts="names", trained=False),
-    Method("zs_symptoms", "zero-shot, symptoms (mean)", trained=False),
-    Method("linear_probe", "linear probe", texts="names", trained=False, probe=True),
-    Method("coop", "CoOp (16 context + class name)", texts="names", context=16),
-    Method("kgcoop", "KgCoOp (4 context + class name, λ=8)", texts="names", context=4, kg_weight=8.0),
-    Method("vip", "ViP (CoP + MeP)", context=4, aggregate="merge"),
-    Method("cop", "+ CoP (mean over symptoms)", context=4),
-    Method("mep", "+ MeP (no context)", aggregate="merge"),
-    Method("cop_max", "CoP + max over symptoms", context=4, aggregate="max"),
-    Method("vip_out_of_domain", "ViP, symptoms replaced: out-of-domain", texts="symptoms:out_of_domain", context=4, aggregate="merge"),
-    Method("vip_non_diagnostic", "ViP, symptoms replaced: non-diagnostic", texts="symptoms:non_diagnostic", context=4, aggregate="merge"),
-    Method("vip_antonym", "ViP, symptoms replaced: antonym-swapped", texts="symptoms:antonym", context=4, aggregate="merge"),
-)}
-SETTINGS = {
-    "main": ("zs_names", "zs_symptoms", "linear_probe", "coop", "kgcoop", "vip"),
-    "ablation": ("zs_symptoms", "cop", "mep", "vip"),
-    "aggregation": ("cop", "cop_max", "vip"),
-    "knowledge": ("vip", "vip_out_of_domain", "vip_non_diagnostic", "vip_antonym"),
-}
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.backbone}/{self.method}/seed{self.seed}"
 
 
-def methods_for(settings) -> list[str]:
-    """The methods the chosen settings need, each once, in a stable order."""
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
-    return [k for k in METHODS if any(k in SETTINGS[s] for s in settings)]
+def check_limits(cfg) -> dict:
+    """``limits``: per backbone of ``backbones``, the datasets and settings (of the profile's) that it runs."""
+    limits = cfg["limits"] or {}
+    for bb, lim in limits.items():
+        if bb not in cfg["backbones"] or not isinstance(lim, dict) or set(lim) - {"datasets", "settings"}:
+            raise ConfigError(f"limits.{bb}: expected a backbone of `backbones` ({', '.join(cfg['backbones'])}) mapped to "
+                              f"{{datasets: [...], settings: [...]}}, got {lim!r}")
+        for key in ("datasets", "settings"):
+            extra = set(lim.get(key, [])) - set(cfg[key])
+            if extra:
+                raise ConfigError(f"limits.{bb}.{key}: {', '.join(sorted(extra))} not in the run's {key} ({', '.join(cfg[key])})")
+    if "augmentation" in cfg["settings"] and not cfg["views"]:
+        raise ConfigError("the 'augmentation' setting compares augmented views with the centre crop: it needs views >= 1")
+    return limits
 
 
-# ----------------------------------------------------------------------------- building
+def settings_of(cfg, backbone: str, dataset: str) -> list[str]:
+    """The settings a backbone runs on a dataset (all of the profile's unless ``limits`` says otherwise)."""
+    lim = check_limits(cfg).get(backbone, {})
+    if dataset not in lim.get("datasets", cfg["datasets"]):
+        return []
+    return [s for s in cfg["settings"] if s in lim.get("settings", cfg["settings"])]
 
 
-def class_prompts(symptoms: SymptomSet, modality: str) -> list[str]:
-    return [NAME_TEMPLATE.format(modality=modality, name=n) for n in symptoms.class_names()]
+def seeds_of(cfg, setting: str) -> list[int]:
+    """Training seeds of a setting: ``seeds`` for the main comparison, ``ablation_seeds`` for the others."""
+    return [int(s) for s in (cfg["seeds"] if setting == "main" else cfg["ablation_seeds"])]
 
 
-def build_classifier(method: Method, backbone, symptoms: SymptomSet, modality: str, n_ctx: int | None = None) -> PromptClassifier:
-    """The method's classifier on ``backbone``; ``n_ctx`` overrides ViP's/CoP's M (ablations keep the method's own)."""
-    hand = class_prompts(symptoms, modality)
-    if method.texts == "names":
-        texts = [[h] for h in hand] if not method.context else [[n] for n in symptoms.class_names()]
-    else:
-        source = symptoms.with_replaced(method.texts.split(":", 1)[1]) if ":" in method.texts else symptoms
-        texts = source.per_class()
-    context = n_ctx if (n_ctx and method.context == 4 and method.texts != "names") else method.context
-    return PromptClassifier(backbone, texts, context=context, aggregate=method.aggregate,
-                            hand_texts=hand if method.kg_weight else None, kg_weight=method.kg_weight)
+def plan(cfg) -> list[Unit]:
+    """Every unit of ``cfg``, each once, in the order it runs: per backbone, the main comparison first, seed by
+    seed; then the other settings seed by seed (each seed: every other setting in the profile's order), so
+    that a run cut short has whole seeds of the main comparison and then of every other setting. A
+    deterministic method (zero-shot, linear probe) is one unit, under the first seed that needs it."""
+    units: list[Unit] = []
+
+    def add(dataset: str, bb: str, key: str, seed: int) -> None:
+        known = any((u.dataset, u.backbone, u.method) == (dataset, bb, key) for u in units)
+        if (METHODS[key].trained and Unit(dataset, bb, key, seed) not in units) or not known:
+            units.append(Unit(dataset, bb, key, seed))
+
+    for bb in cfg["backbones"]:
+        for seed in seeds_of(cfg, "main"):
+            for dataset in cfg["datasets"]:
+                if "main" in settings_of(cfg, bb, dataset):
+                    for key in SETTINGS["main"]:
+                        add(dataset, bb, key, seed)
+        for seed in seeds_of(cfg, "ablation"):
+            for dataset in cfg["datasets"]:
+                for setting in settings_of(cfg, bb, dataset):
+                    if setting != "main":
+                        for key in SETTINGS[setting]:
+                            add(dataset, bb, key, seed)
+    return units
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- data and features
 
 
 @dataclass
-class TrainSettings:
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.002
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+class Splits:
+    """One dataset's three splits (the subsets the run uses), opened once through the run's opener."""
 
-    def lr_at(self, epoch: int) -> float:
-        """Dassl's schedule, stepped per epoch: constant warm-up, then cosine from ``lr`` over all epochs."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr
-        return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / self.epochs))
+    dataset: str
+    parts: dict  # split -> dataset object of the subset used
+    names: dict  # split -> subset name of the feature cache ("all", "n192-s0")
 
+    @property
+    def classes(self) -> tuple:
+        return tuple(self.parts["test"].classes)
 
-def evaluate(model: PromptClassifier, features: torch.Tensor, labels: np.ndarray) -> dict:
-    pred = model.predict_logits(features).argmax(1).numpy()
-    return {"accuracy": accuracy(labels, pred), "macro_f1": macro_f1(labels, pred, model.n_classes), "pred": pred}
+    def test_labels(self) -> np.ndarray:
+        return np.asarray(self.parts["test"].labels)
+
+    def test_groups(self) -> np.ndarray:
+        return np.asarray(self.parts["test"].groups)
 
 
-def train_prompts(model: PromptClassifier, train: CachedFeatures, val: CachedFeatures, settings: TrainSettings,
-                  seed: int, checkpoint: Path | None = None, progress: bool = True, desc: str = "") -> dict:
-    """Train ``model``'s prompts on cached features; keep the state of the best validation epoch.
-
-    Resumes from ``checkpoint`` (written after every epoch) when it exists. Returns the history
-    (val accuracy per epoch), the best epoch and its validation accuracy; ``model`` ends in the best state.
-    """
-    from tqdm import tqdm
-
-    params = model.trainable()
-    opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    y = torch.as_tensor(train.labels, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
-    state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "history": [], "best_state": None}
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["gen"])
-        state = saved["state"]
-    bar = tqdm(total=settings.epochs, initial=state["epoch"], desc=desc or "epochs", disable=not progress, leave=False)
-    for epoch in range(state["epoch"], settings.epochs):
-        for group in opt.param_groups:
-            group["lr"] = settings.lr_at(epoch)
-        order = torch.randperm(len(y), generator=gen)
-        for lo in range(0, len(order), settings.batch_size):
-            idx = order[lo:lo + settings.batch_size]
-            loss = model.loss(train.features[idx], y[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        val_acc = evaluate(model, val.features, val.labels)["accuracy"]
-        state["history"].append(val_acc)
-        if val_acc > state["best_val"]:
-            state.update(best_val=val_acc, best_epoch=epoch + 1,
-                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        state["epoch"] = epoch + 1
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "state": state}, tmp)
-            tmp.replace(checkpoint)
-        bar.update(1)
-    bar.close()
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    return {"history": state["history"], "best_epoch": state["best_epoch"], "best_val": state["best_val"]}
+def open_splits(cfg, opener, dataset: str) -> Splits:
+    parts, names = {}, {}
+    for split in SPLITS:
+        ds = opener(dataset, split)
+        cap = cfg[f"{split}_images"]
+        parts[split], names[split] = subset_of(ds, cap, subset_seed=0)
+        how = "all" if names[split] == "all" else f"stratified subset of {len(parts[split])} (seed 0)"
+        opener.note_subset(ds, len(parts[split]), how)
+    return Splits(dataset, parts, names)
 
 
-def linear_probe(train: CachedFeatures, val: CachedFeatures, test: CachedFeatures, grid=(0.01, 0.1, 1.0, 10.0, 100.0)) -> dict:
-    """Logistic regression on L2-normalised features, C chosen on validation accuracy (CoOp's linear probe)."""
-    from sklearn.linear_model import LogisticRegression
+@dataclass
+class PairFeatures:
+    """Cached features of one dataset on one backbone, computed (or read from the cache) when first asked for."""
 
-    def unit(x):
-        x = x.numpy().astype(np.float64)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    backbone: object
+    splits: Splits
+    views: int
+    view_seed: int
+    progress: bool = True
+    _centre: dict = field(default_factory=dict)
+    _views: CachedFeatures | None = None
 
-    xt, xv, xs = unit(train.features), unit(val.features), unit(test.features)
-    best = None
-    for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000).fit(xt, train.labels)
-        acc = float((clf.predict(xv) == val.labels).mean())
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    return {"pred": best[2].predict(xs), "best_val": best[0], "C": best[1]}
+    def centre(self, split: str) -> CachedFeatures:
+        if split not in self._centre:
+            self._centre[split] = image_features(self.backbone, self.splits.parts[split], subset=self.splits.names[split],
+                                                 progress=self.progress)
+        return self._centre[split]
+
+    def train_views(self) -> CachedFeatures:
+        """``views`` augmented views per training image (the centre crop when ``views`` is 0)."""
+        if not self.views:
+            return self.centre("train")
+        if self._views is None:
+            self._views = augmented_views(self.backbone, self.splits.parts["train"], n_views=self.views, seed=self.view_seed,
+                                          subset=self.splits.names["train"], progress=self.progress)
+        return self._views
 
 
-# ----------------------------------------------------------------------------- one dataset x backbone
+def load_backbone_for(name: str, cfg, device: str = "cpu"):
+    """A registered backbone; CLIP with ``weights`` (None: the default tag, on disk; 'random': random weights,
+    for a rehearsal). Real CLIP without weights is a clear WeightsNotFound, never a silent random model."""
+    import warnings
+
+    from medad.backbones import get_spec, load_backbone
+
+    opts = {}
+    if get_spec(name).family == "clip":
+        weights = cfg["weights"]
+        opts["pretrained"] = None if weights == "random" else (weights or True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stand-in's and random CLIP's notices: both are named in every label
+        return load_backbone(name, device=device, **opts)
 
 
-def run_method(key: str, backbone, symptoms: SymptomSet, modality: str, feats: dict[str, CachedFeatures],
-               settings: TrainSettings, seed: int, n_ctx: int = 4, checkpoint: Path | None = None,
-               progress: bool = True) -> tuple[dict, PromptClassifier | None]:
-    """One method under one seed: test predictions and validation summary (and the model, when there is one)."""
-    method = METHODS[key]
-    test = feats["test"]
+# ----------------------------------------------------------------------------- one unit
+
+
+def train_settings(cfg, unit: Unit, device: str) -> TrainSettings:
+    method = METHODS[unit.method]
+    return TrainSettings(epochs=int(cfg["epochs"]), batch_size=batch_size_for(unit.backbone, cfg),
+                         lr=lr_for(method, unit.backbone, cfg), warmup_epochs=int(cfg["warmup_epochs"]),
+                         warmup_lr=float(cfg["warmup_lr"]), momentum=float(cfg["momentum"]),
+                         weight_decay=float(cfg["weight_decay"]), seed=unit.seed, device=device, precision=cfg["precision"])
+
+
+def run_unit(cfg, unit: Unit, feats: PairFeatures, symptoms, modality: str, device: str, state: RunState,
+             progress: bool = True, models: dict | None = None) -> dict:
+    """One unit: its test predictions and what the table and the chapter say about it (a JSON-able dict)."""
+    method = METHODS[unit.method]
+    test, val = feats.centre("test"), feats.centre("val")
+    out = {"method": unit.method, "seed": unit.seed}
     if method.probe:
-        out = linear_probe(feats["train"], feats["val"], test)
-        model = None
+        probe = linear_probe(feats.centre("train"), val, test)
+        out.update(pred=probe["pred"], best_val=probe["best_val"], C=probe["C"])
     else:
-        torch.manual_seed(seed)
-        model = build_classifier(method, backbone, symptoms, modality, n_ctx)
-        out = {}
+        torch.manual_seed(unit.seed)  # the prompts' random start values
+        model = build_classifier(method, feats.backbone, symptoms, modality, int(cfg["n_ctx"]))
         if method.trained:
-            out.update(train_prompts(model, feats["train"], feats["val"], settings, seed, checkpoint, progress,
-                                     desc=f"{key} seed {seed}"))
-        out["pred"] = evaluate(model, test.features, test.labels)["pred"]
-        if not method.trained:
-            out["best_val"] = evaluate(model, feats["val"].features, feats["val"].labels)["accuracy"]
+            train = feats.train_views() if method.augment else feats.centre("train")
+            settings = train_settings(cfg, unit, device)
+            fitted = train_method(model, train, val, settings, state.checkpoint(unit.key), progress,
+                                  name=f"{unit.dataset} {unit.method} seed {unit.seed}", method=unit.method)
+            spe = fitted.steps / max(fitted.epochs, 1e-9)
+            out.update(best_val=fitted.best["val_accuracy"]["value"], best_epoch=round(fitted.best_step / spe),
+                       epochs=round(fitted.epochs, 3), steps=fitted.steps, steps_per_epoch=round(spe),
+                       seconds=round(fitted.seconds, 1), stopped_by=fitted.stopped_by, lr=settings.lr,
+                       batch_size=settings.batch_size, views=getattr(train, "n_views", 0),
+                       val_history=[v["val_accuracy"] for v in fitted.validations],
+                       final_loss=fitted.history[-1]["loss"] if fitted.history else None)
+            if unit.method == "vip":
+                out["attention"] = merge_attention(model, symptoms)
+        else:
+            out["best_val"] = accuracy(val.labels, predict(model, val.features))
+        out["pred"] = predict(model, test.features)
+        if models is not None:
+            models[unit] = model
     pred = np.asarray(out["pred"])
-    n_classes = len(symptoms.classes)
-    record = {"method": key, "seed": seed, "accuracy": accuracy(test.labels, pred),
-              "macro_f1": macro_f1(test.labels, pred, n_classes), "pred": pred.tolist(),
-              **{k: v for k, v in out.items() if k != "pred"}}
-    return record, model
+    out["pred"] = pred.tolist()
+    out["accuracy"] = accuracy(test.labels, pred)
+    out["macro_f1"] = macro_f1(test.labels, pred, len(symptoms.classes))
+    return out
 
 
-def merge_attention(model: PromptClassifier, symptoms: SymptomSet) -> list[dict]:
-    """MeP's attention weight of every symptom of every class (long format)."""
-    with torch.no_grad():
-        _, weights = model.class_representations()
-    rows = []
-    for c, w in zip(symptoms.classes, weights or []):
-        for text, value in zip(symptoms.symptoms[c], w.tolist()):
-            rows.append({"class": c, "symptom": text, "weight": float(value)})
-    return rows
+# ----------------------------------------------------------------------------- the experiment
+
+
+def figure_unit(units: list[Unit], dataset: str, backbone: str) -> Unit | None:
+    """The unit whose trained ViP the chapter's figures show: the first main seed's ViP on ``dataset`` and ``backbone``."""
+    hits = [u for u in units if (u.dataset, u.backbone, u.method) == (dataset, backbone, "vip")]
+    return hits[0] if hits else None
+
+
+def run_experiment(cfg, opener, state: RunState | None = None, device: str = "cpu", progress: bool = True,
+                   finished_only: bool = False, log=print, backbones: dict | None = None,
+                   keep_models: bool = False) -> dict:
+    """Every unit of :func:`plan` (finished units are read from ``state``), then the tidy rows.
+
+    ``opener``: the run's :class:`~medad.experiment.record.RecordingOpener` (a notebook's ``run.opener``);
+    ``finished_only``: train nothing, tabulate the finished units (a run cut short); ``backbones``: name ->
+    an already loaded backbone (tests); ``keep_models``: also return the trained ViP of the figures'
+    unit per dataset and backbone (restored from its checkpoint when it finished earlier).
+
+    Returns ``rows`` (tidy), ``attention`` (MeP weights of ViP per seed), ``units`` ({(dataset, backbone):
+    finished unit results}), ``splits`` (per dataset), ``features`` ({(dataset, backbone): PairFeatures}),
+    ``models`` and the counts ``planned`` and ``finished``.
+    """
+    from medad.data.registry import get_spec
+    from medad.symptoms import load_symptoms
+
+    state = state if state is not None else RunState(None)
+    units = plan(cfg)
+    if not units:
+        raise ConfigError(f"vip: nothing to run for datasets {cfg['datasets']}, backbones {cfg['backbones']} and "
+                          f"settings {cfg['settings']} (see limits)")
+    splits = {d: open_splits(cfg, opener, d) for d in dict.fromkeys(u.dataset for u in units)}
+    symptoms = {d: load_symptoms((cfg["symptom_files"] or {}).get(d, d), s.classes) for d, s in splits.items()}
+    loaded = dict(backbones or {})
+    features: dict[tuple, PairFeatures] = {}
+    models: dict[Unit, object] = {}
+
+    def pair(dataset: str, bb: str) -> PairFeatures:
+        if bb not in loaded:
+            loaded[bb] = load_backbone_for(bb, cfg, device)
+        if (dataset, bb) not in features:
+            features[(dataset, bb)] = PairFeatures(loaded[bb], splits[dataset], int(cfg["views"]), int(cfg["view_seed"]),
+                                                   progress)
+        return features[(dataset, bb)]
+
+    figure = {figure_unit(units, d, b) for d in splits for b in cfg["backbones"]} - {None}
+    for unit in units:
+        if state.done(unit.key) or finished_only:
+            continue
+        feats = pair(unit.dataset, unit.backbone)
+        result = state.unit(unit.key, lambda: run_unit(cfg, unit, feats, symptoms[unit.dataset],
+                                                       get_spec(unit.dataset).modality, device, state, progress,
+                                                       models if unit in figure and keep_models else None),
+                            keep_checkpoint=unit in figure)
+        log(f"{unit.key}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}"
+            + (f" ({result['seconds']} s)" if "seconds" in result else ""))
+    if keep_models:  # a figure unit that finished in an earlier invocation: its checkpoint restores it (no training)
+        for unit in figure - set(models):
+            ckpt = state.checkpoint(unit.key)
+            if ckpt is not None and ckpt.is_file():
+                feats = pair(unit.dataset, unit.backbone)
+                torch.manual_seed(unit.seed)
+                model = build_classifier(METHODS["vip"], feats.backbone, symptoms[unit.dataset],
+                                         get_spec(unit.dataset).modality, int(cfg["n_ctx"]))
+                train_method(model, feats.train_views(), feats.centre("val"), train_settings(cfg, unit, device), ckpt,
+                             progress=False, method="vip")
+                models[unit] = model
+    done = {}
+    for unit in units:
+        if state.done(unit.key):
+            done.setdefault((unit.dataset, unit.backbone), []).append(state.get(unit.key))
+    rows = table_rows(cfg, done, splits)
+    attention = [{"dataset": d, "backbone": b, "seed": r["seed"], **a}
+                 for (d, b), recs in done.items() for r in recs for a in r.get("attention", [])]
+    return {"rows": rows, "attention": attention, "units": done, "splits": splits, "features": features,
+            "models": {(u.dataset, u.backbone): m for u, m in models.items()}, "planned": len(units),
+            "finished": sum(len(r) for r in done.values()), "plan": units}
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def table_rows(dataset: str, backbone_name: str, records: list[dict], labels: np.ndarray, groups, settings,
-               n_boot: int = 1000) -> list[dict]:
-    """Tidy rows (medad.results) for one dataset and backbone: every setting's methods, accuracy and macro-F1."""
-    from medad.metrics.bootstrap import bootstrap_ci
-    from medad.results import row, rows_over_seeds
+def statistics(n_classes: int) -> dict:
+    """The chapter's metrics as statistics of (labels, predictions) for the bootstrap."""
+    return {"accuracy": accuracy, "macro_f1": lambda y, p: macro_f1(y, p, n_classes)}
 
-    rows = []
-    by_method: dict[str, list[dict]] = {}
-    for r in records:
-        by_method.setdefault(r["method"], []).append(r)
-    for setting in settings:
-        for key in SETTINGS[setting]:
-            if key not in by_method:
-                continue
-            runs = sorted(by_method[key], key=lambda r: r["seed"])
-            method = f"{METHODS[key].title} [{backbone_name}]"
-            for metric in ("accuracy", "macro_f1"):
-                if METHODS[key].trained:
-                    rows.append(rows_over_seeds(dataset, setting, method, metric, [r[metric] for r in runs], len(labels)))
-                else:
-                    pred = np.asarray(runs[0]["pred"])
-                    if metric == "accuracy":
-                        est = bootstrap_ci((pred == labels).astype(float), groups, n_boot=n_boot, seed=0)[0]
-                        rows.append(row(dataset, setting, method, metric, est.mean, est.low, est.high, 1, len(labels)))
-                    else:
-                        low, high = bootstrap_metric(labels, pred, groups, n_boot)
-                        rows.append(row(dataset, setting, method, metric, runs[0][metric], low, high, 1, len(labels)))
+
+def table_rows(cfg, done: dict, splits: dict) -> list[dict]:
+    """Tidy rows: every setting's methods on every dataset and backbone, accuracy and macro-F1, in the book's
+    interval convention (every seed's per-image predictions; patients as the resampling unit where known)."""
+    from medad.results import rows_from_predictions
+
+    rows, cache = [], {}
+    for (dataset, bb), recs in done.items():
+        labels, groups = splits[dataset].test_labels(), splits[dataset].test_groups()
+        stats = statistics(len(splits[dataset].classes))
+        by_method: dict[str, dict[int, dict]] = {}
+        for r in recs:
+            by_method.setdefault(r["method"], {})[int(r["seed"])] = r
+        for setting in settings_of(cfg, bb, dataset):
+            for key in SETTINGS[setting]:
+                runs = by_method.get(key, {})
+                chosen = ([runs[s] for s in seeds_of(cfg, setting) if s in runs] if METHODS[key].trained
+                          else list(runs.values())[:1])
+                if not chosen:
+                    continue
+                title = f"{METHODS[key].title} [{bb}]"
+                for metric, stat in stats.items():
+                    memo = (dataset, bb, key, tuple(r["seed"] for r in chosen), metric)
+                    if memo not in cache:
+                        cache[memo] = rows_from_predictions(dataset, setting, title, metric, stat,
+                                                            [(labels, np.asarray(r["pred"])) for r in chosen],
+                                                            groups=groups, n_boot=int(cfg["n_boot"]), seed=0)
+                    rows.append({**cache[memo], "setting": setting})
+    if len({bb for _, bb in done}) > 1:
+        rows += average_over_backbones(rows)
     return rows
 
 
-def bootstrap_metric(labels: np.ndarray, pred: np.ndarray, groups, n_boot: int = 1000, level: float = 0.95,
-                     seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of macro-F1 over patient-resampled test sets (macro-F1 is not a mean over images)."""
-    groups = np.asarray(groups)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    n_classes = int(max(labels.max(), pred.max())) + 1
-    values = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        values.append(macro_f1(labels[idx], pred[idx], n_classes))
-    alpha = (1 - level) / 2
-    return tuple(float(v) for v in np.quantile(values, [alpha, 1 - alpha]))
-
-
 def average_over_backbones(rows: list[dict]) -> list[dict]:
-    """The paper's presentation: each method's value averaged over backbones ("mean of backbones"), no interval."""
+    """The paper's presentation: each method's value averaged over backbones ("mean of N backbones"), no interval."""
     import pandas as pd
 
     from medad.results import row
@@ -313,187 +381,75 @@ def average_over_backbones(rows: list[dict]) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------- the whole experiment
+# ----------------------------------------------------------------------------- the committed run
 
 
-def load_features(backbone, dataset: str, data_dir, cfg: dict, progress: bool = True) -> dict[str, CachedFeatures]:
-    caps = {"train": cfg.get("train_images"), "val": cfg.get("val_images"), "test": cfg.get("test_images")}
-    return {s: split_features(backbone, dataset, s, data_dir, max_images=caps[s], progress=progress) for s in ("train", "val", "test")}
+def schedule_text(cfg, out: dict, threads: int) -> str:
+    """A few words on how long and how big the run was, from its own numbers."""
+    from medad.experiment.precision import describe
+
+    sizes = ", ".join(f"{d} {len(s.parts['train']):,}" for d, s in out["splits"].items())
+    every = all(s.names["train"] == "all" for s in out["splits"].values())
+    batches = sorted({batch_size_for(b, cfg) for b in cfg["backbones"]})
+    clip = [b for b in cfg["backbones"] if uses_official_clip_settings(b, cfg)]
+    text = (f"{cfg['epochs']} epochs over {'every training image' if every else 'a stratified training subset'} ({sizes}), "
+            f"batch {'/'.join(map(str, batches))}{' (official per CLIP backbone)' if clip else ''}, last partial batch "
+            f"dropped, SGD (ViP and KgCoOp {cfg['lr']:g}{', CLIP: official' if clip else ''}; CoOp "
+            f"{lr_for(METHODS['coop'], 'none', cfg):g}), Dassl warm-up + cosine; "
+            + (f"{cfg['views']} cached augmented views per training image" if cfg["views"] else "centre crops only")
+            + f"; seeds {', '.join(map(str, cfg['seeds']))}"
+            + (f" (other settings {', '.join(map(str, cfg['ablation_seeds']))})" if cfg["ablation_seeds"] != cfg["seeds"] else "")
+            + f"; {', '.join(cfg['backbones'])}; {describe(cfg['precision'], False)}; {threads} CPU thread(s)")
+    if out["finished"] < out["planned"]:
+        text += f"; PARTIAL: {out['finished']} of {out['planned']} units finished"
+    return text
 
 
-def test_groups(dataset: str, data_dir, feats: CachedFeatures) -> list[str]:
-    """Patient groups of the cached test images, in their order (for the bootstrap)."""
-    from medad.data import open_dataset
-    from medad.features_cache import dataset_ids
-
-    ds = open_dataset(dataset, "test", data_dir)
-    group_of = dict(zip(dataset_ids(ds), ds.groups))
-    return [group_of[i] for i in feats.ids]
-
-
-def settings_from(cfg: dict) -> TrainSettings:
-    return TrainSettings(epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-                         warmup_epochs=int(cfg["warmup_epochs"]), warmup_lr=float(cfg["warmup_lr"]),
-                         momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"]))
-
-
-def plan(cfg: dict) -> list[tuple[str, str, str, int]]:
-    """The (dataset, backbone, method, seed) runs of ``cfg``: per backbone, the main comparison first.
-
-    ``limits`` (optional) restricts a backbone to some datasets and settings; ``ablation_seeds`` (optional) are
-    the seeds of the methods that only the ablation settings need (default: ``seeds``).
-    """
-    limits = cfg.get("limits") or {}
-    main_first = []
-    for bb in cfg["backbones"]:  # the first backbone's every setting before the next backbone's
-        name = bb if isinstance(bb, str) else bb.name
-        lim = limits.get(name, {})
-        for phase in ("main", "rest"):
-            for dataset in cfg["datasets"]:
-                if dataset not in lim.get("datasets", cfg["datasets"]):
-                    continue
-                keys = methods_for([s for s in cfg["settings"] if s in lim.get("settings", cfg["settings"])])
-                for key in keys:
-                    in_main = "main" in cfg["settings"] and key in SETTINGS["main"]
-                    if (phase == "main") != in_main:
-                        continue
-                    seeds = cfg["seeds"] if in_main else cfg.get("ablation_seeds") or cfg["seeds"]
-                    for seed in (seeds if METHODS[key].trained else seeds[:1]):
-                        main_first.append((dataset, name, key, int(seed)))
-    return main_first
-
-
-def run_experiment(cfg: dict, data_dir, state_dir: Path, progress: bool = True, log=print, finished_only: bool = False) -> dict:
-    """Every run of :func:`plan`; each finished run is saved in ``state_dir`` (JSON) and skipped on resume.
-
-    finished_only: tabulate the runs already finished in ``state_dir`` and run nothing (a run cut short).
-
-    Returns {"rows": tidy rows, "attention": MeP weights of ViP per seed, "records": {(dataset, backbone): runs}}.
-    """
-    from medad.backbones import load_backbone
-    from medad.data.registry import get_spec
-
-    settings = settings_from(cfg)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    given = {bb.name: bb for bb in cfg["backbones"] if not isinstance(bb, str)}  # instances: tests' tiny backbones
-    backbones, feats, symptoms, records = {}, {}, {}, {}
-    for dataset, bb_name, key, seed in plan(cfg):
-        combo = (dataset, bb_name)
-        records.setdefault(combo, [])
-        done = state_dir / f"{dataset}__{bb_name}__{key}__{seed}.json"
-        if done.is_file():
-            records[combo].append(json.loads(done.read_text()))
-            continue
-        if finished_only:
-            continue
-        if bb_name not in backbones:
-            backbones[bb_name] = given.get(bb_name) or load_backbone(bb_name)
-        if dataset not in symptoms:
-            symptoms[dataset] = load_symptoms(cfg.get("symptom_files", {}).get(dataset, dataset), get_spec(dataset).classes)
-        if combo not in feats:
-            feats[combo] = load_features(backbones[bb_name], dataset, data_dir, cfg, progress)
-        t0 = time.perf_counter()
-        ckpt = state_dir / "checkpoints" / f"{done.stem}.pt"
-        rec, model = run_method(key, backbones[bb_name], symptoms[dataset], get_spec(dataset).modality, feats[combo],
-                                settings, seed, int(cfg["n_ctx"]), ckpt, progress)
-        rec["seconds"] = round(time.perf_counter() - t0, 1)
-        if key == "vip" and model is not None:
-            rec["attention"] = merge_attention(model, symptoms[dataset])
-        done.write_text(json.dumps(rec, default=float))
-        ckpt.unlink(missing_ok=True)
-        records[combo].append(rec)
-        log(f"{dataset} {bb_name} {key} seed {seed}: acc {rec['accuracy']:.3f} f1 {rec['macro_f1']:.3f} ({rec['seconds']} s)")
-    all_rows, attention = [], []
-    for (dataset, bb_name), recs in records.items():
-        if not recs:  # nothing finished for this pair (finished_only)
-            continue
-        for rec in recs:
-            for a in rec.get("attention", []):
-                attention.append({"dataset": dataset, "backbone": bb_name, "seed": rec["seed"], **a})
-        test = load_test_labels(dataset, bb_name, data_dir, cfg, backbones, given, feats)
-        groups = test_groups(dataset, data_dir, test)
-        lim = (cfg.get("limits") or {}).get(bb_name, {})
-        chosen = [s for s in cfg["settings"] if s in lim.get("settings", cfg["settings"])]
-        for setting in chosen:
-            seeds = cfg["seeds"] if setting == "main" else (cfg.get("ablation_seeds") or cfg["seeds"])
-            kept = [r for r in recs if r["seed"] in seeds or not METHODS[r["method"]].trained]
-            all_rows += table_rows(dataset, bb_name, kept, test.labels, groups, [setting], int(cfg["n_boot"]))
-    if len({b for _, b in records}) > 1:
-        all_rows += average_over_backbones(all_rows)
-    return {"rows": all_rows, "attention": attention, "records": records}
-
-
-def load_test_labels(dataset, bb_name, data_dir, cfg, backbones, given, feats) -> CachedFeatures:
-    """The test split's cached features (labels and ids) of one dataset and backbone, loading only what is missing."""
-    from medad.backbones import load_backbone
-
-    if (dataset, bb_name) in feats:
-        return feats[(dataset, bb_name)]["test"]
-    if bb_name not in backbones:
-        backbones[bb_name] = given.get(bb_name) or load_backbone(bb_name)
-    return split_features(backbones[bb_name], dataset, "test", data_dir, max_images=cfg.get("test_images"), progress=False)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def code_digest() -> str:
-    """SHA-256 of the files that decide this chapter's numbers."""
-    symptoms = sorted((REPO_ROOT / "data" / "symptoms").glob("*.yml"))
-    return provenance.files_digest(["medad/models/vip.py", "medad/train/vip_experiment.py", "medad/features_cache.py",
-                                    "medad/symptoms.py", "medad/profiles/vip.yml", *symptoms])
-
-
-def profile_config(profile: str) -> dict:
-    import medad.profiles as profiles
-
-    return profiles.resolve_named(CHAPTER, profile)  # validated against the schema in the YAML
-
-
-def run_long(profile: str, data_dir, name: str, threads: int, root: Path, state_root: Path,
-             finished_only: bool = False) -> Path:
+def write_committed(record: RunRecord, out: dict) -> Path:
+    """The run's folder: table.csv and provenance.json (RunRecord.write), attention.csv, predictions.npz."""
     import pandas as pd
 
-    from medad import provenance
-    from medad.data import open_dataset
-    from medad.results import write_run
-    from medad.runtime import device_description
+    from medad.experiment.precision import describe
 
-    torch.set_num_threads(threads)
-    cfg = profile_config(profile)
-    started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), provenance.git_commit()
-    out = run_experiment(cfg, data_dir, state_root / name, finished_only=finished_only)
-    n_done, n_planned = sum(len(r) for r in out["records"].values()), len(plan(cfg))
-    if n_done < n_planned:
-        cfg["schedule"] += f"; PARTIAL: {n_done} of {n_planned} runs finished"
-    data = [open_dataset(d, s, data_dir).provenance() for d in cfg["datasets"] for s in ("train", "val", "test")]
-    prov = {"kind": "long-cpu", "schedule": cfg["schedule"], "profile": profile, "commit": commit,
-            "code_sha256": digest, "device": device_description("cpu"), "threads": threads,
-            "backbones": cfg["backbones"], "seeds": cfg["seeds"], "data": data, "config": cfg,
-            "started": started, "finished": provenance.now_utc(), "seconds": round(time.perf_counter() - t0, 1),
-            "command": f"python -m medad.train.vip_experiment --profile {profile} --name {name} --threads {threads}"}
-    folder = write_run(CHAPTER, name, out["rows"], prov, root)
-    pd.DataFrame(out["attention"]).to_csv(folder / "attention.csv", index=False, float_format="%.5g")
-    return folder
+    if not out["rows"]:
+        raise ConfigError(f"run vip/{record.name}: no unit has finished yet, so there is nothing to tabulate; "
+                          "run it without --finished-only first")
+    cfg = record.config
+
+    def predictions(path: Path) -> None:
+        arrays = {}
+        for (dataset, bb), recs in out["units"].items():
+            arrays[f"{dataset}/labels"] = out["splits"][dataset].test_labels()
+            arrays[f"{dataset}/groups"] = out["splits"][dataset].test_groups().astype(str)
+            for r in recs:
+                arrays[f"{dataset}/{bb}/{r['method']}/seed{r['seed']}"] = np.asarray(r["pred"], dtype=np.int16)
+        np.savez_compressed(path, **arrays)
+
+    files = {"attention.csv": lambda p: pd.DataFrame(out["attention"]).to_csv(p, index=False, float_format="%.5g"),
+             "predictions.npz": predictions}
+    training = {f"{d}/{b}/{r['method']}/seed{r['seed']}": {k: r[k] for k in ("best_epoch", "epochs", "steps",
+                                                                            "steps_per_epoch", "seconds", "lr",
+                                                                            "batch_size", "views", "best_val")}
+                for (d, b), recs in out["units"].items() for r in recs if "steps" in r}
+    extra = {"training_seeds": {"main": seeds_of(cfg, "main"), "other settings": seeds_of(cfg, "ablation")},
+             "units": {"planned": out["planned"], "finished": out["finished"]}, "training": training}
+    return record.write(out["rows"], schedule_text(cfg, out, record.threads), precision=describe(cfg["precision"], False),
+                        extra=extra, files=files)
 
 
-@command_line("python -m medad.train.vip_experiment", on_interrupt="finished units are kept; to resume, rerun")
 def main(argv=None) -> None:
-    from medad.paths import REPO_ROOT, RESULTS_DIR
-
-    ap = argparse.ArgumentParser(description="Train and evaluate the ViP chapter's methods; write results/vip/<name>/")
-    ap.add_argument("--profile", default="long_cpu", help="a mapping in medad/profiles/vip.yml (long_cpu, full, quick)")
-    ap.add_argument("--data-dir", default=None, help="folder with the archives (default: $MEDAD_DATA; none -> synthetic)")
-    ap.add_argument("--name", required=True, help="run name: results/vip/<name>/")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--state", default=str(REPO_ROOT / "runs" / "vip-state"),
-                    help="per-run results and checkpoints (not committed); a rerun with the same name resumes")
+    ap = cli.parser(CHAPTER, "Train and evaluate the ViP chapter's methods; write results/vip/<name>/", datasets=True)
     ap.add_argument("--finished-only", action="store_true",
-                    help="write the table from the runs already finished (a run cut short); train nothing")
-    args = ap.parse_args(argv)
-    folder = run_long(args.profile, args.data_dir, args.name, args.threads, RESULTS_DIR, Path(args.state), args.finished_only)
-    print(f"results written to {folder}")
+                    help="write the table from the units already finished (a run cut short); train nothing")
+    ns = ap.parse_args(argv)
+    record = cli.make_record(CHAPTER, ns, code_files=CODE_FILES)
+    out = run_experiment(record.config, record.opener, record.state, record.device, progress=True,
+                         finished_only=ns.finished_only)
+    print(f"results written to {write_committed(record, out)}")
+
+
+main = cli.main_for(CHAPTER, main, on_interrupt="finished units and checkpoints are kept; to resume, rerun")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
