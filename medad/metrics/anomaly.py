@@ -30,8 +30,12 @@ from medad.errors import ConfigError
 
 
 def image_auc(labels, scores) -> float:
-    """ROC AUC of image scores against 0/1 labels (ties half); NaN when only one class is present."""
-    from medad.metrics.classification import roc_auc
+    """ROC AUC of image scores against 0/1 labels (ties half); NaN when only one class is present.
+
+    Computed from ranks (the Mann-Whitney form, equal to ``sklearn.metrics.roc_auc_score``): a
+    bootstrap calls it thousands of times.
+    """
+    from scipy.stats import rankdata
 
     labels = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=float).ravel()
@@ -39,9 +43,14 @@ def image_auc(labels, scores) -> float:
         raise ConfigError(f"image AUC needs one score per label, got {len(scores)} scores for {len(labels)} labels")
     if not np.isfinite(scores).all():
         raise ConfigError(f"image AUC got {int((~np.isfinite(scores)).sum())} non-finite scores of {len(scores)}")
-    if len(np.unique(labels)) < 2:
+    if not np.isin(labels, (0, 1)).all():
+        raise ConfigError(f"image AUC needs 0/1 labels, got {sorted(set(labels.tolist()))[:5]}")
+    positive = labels == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
         return math.nan
-    return roc_auc(labels, scores)
+    ranks = rankdata(scores)  # average ranks: a tie between a normal and an abnormal image counts half
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def masks_at(masks, size: int) -> np.ndarray:
