@@ -393,6 +393,12 @@ class MemoryBank:
         return int(self.seg[0].shape[0])
 
 
+def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
+    """Where ``model`` runs: its backbone's device (MVFA, FrozenTokens), else that of the images."""
+    backbone = getattr(model, "backbone", None)
+    return backbone.device if backbone is not None else images.device
+
+
 def _bank_rows(patches: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
     """(B, N, d) patch tokens and (B, d) class tokens or None -> (B * rows, d), each image's class token first."""
     if cls is not None:
@@ -414,13 +420,13 @@ def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16, c
     if len(images) == 0:
         raise ConfigError("the memory bank needs at least one normal support image")
     seg, det, rows = None, None, []
-    device = model.backbone.device
+    device = _device_of(model, images)
     for i in range(0, len(images), batch):
         with autocast(device, precision):
             out = model(as_input(images[i:i + batch].to(device), channels_last))
-        out.seg, out.det = [t.float() for t in out.seg], [t.float() for t in out.det]
-        out.seg_cls = [None if c is None else c.float() for c in out.seg_cls]
-        out.det_cls = [None if c is None else c.float() for c in out.det_cls]
+        out.seg, out.det = [full_precision(t) for t in out.seg], [full_precision(t) for t in out.det]
+        out.seg_cls = [None if c is None else full_precision(c) for c in out.seg_cls]
+        out.det_cls = [None if c is None else full_precision(c) for c in out.det_cls]
         n = len(out.seg)
         seg_cls = out.seg_cls if class_token and out.seg_cls else [None] * n
         det_cls = out.det_cls if class_token and out.det_cls else [None] * n
@@ -447,8 +453,8 @@ def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, ba
     """
     from medad.experiment.precision import as_input, autocast
 
-    device = model.backbone.device  # images may wait on the CPU; each batch goes to the model's device
-    text = text.to(device).float()
+    device = _device_of(model, images)  # images may wait on the CPU; each batch goes to the model's device
+    text = full_precision(text.to(device))
     parts = []
     for i in range(0, len(images), batch):
         with autocast(device, precision):
@@ -456,7 +462,7 @@ def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, ba
         b = len(out.seg[0])
         sz, sf, dz, df = [], [], [], []
         for li, grid in enumerate(out.grids):
-            seg, det = out.seg[li].float(), out.det[li].float()
+            seg, det = full_precision(out.seg[li]), full_precision(out.det[li])
             sz.append(zero_shot_map(patch_logits(seg, text), grid, map_size))
             dz.append(zero_shot_patch_scores(det, text).mean(1))
             if bank is not None and seg_few:
@@ -592,6 +598,11 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
     return 1.0 - ((2.0 * (p * m).sum(1) + smooth) / (p.sum(1) + m.sum(1) + smooth)).mean()
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is a 16-bit float (bf16 autocast output); float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class MVFALoss(nn.Module):
     """Sum over levels of BCE(mean det anomaly probability, label) and, with masks, focal + Dice on the seg map.
 
@@ -606,15 +617,15 @@ class MVFALoss(nn.Module):
         Computed in float32 even inside a bfloat16 autocast region: the tokens are cast up and
         autocast is switched off for the logits, softmax and losses.
         """
-        text = text.float()
-        loss = torch.zeros((), device=labels.device)
+        text = full_precision(text)
+        loss = torch.zeros((), device=labels.device, dtype=text.dtype)
         with torch.autocast(labels.device.type, enabled=False):
             for li, grid in enumerate(out.grids):
-                prob = zero_shot_patch_scores(out.det[li].float(), text).mean(1).clamp(1e-6, 1 - 1e-6)
+                prob = zero_shot_patch_scores(full_precision(out.det[li]), text).mean(1).clamp(1e-6, 1 - 1e-6)
                 loss = loss + F.binary_cross_entropy(prob, labels.to(prob.dtype))
                 if masks is not None:
                     target = (masks > 0.5).long()
-                    logits = patch_logits(out.seg[li].float(), text)
+                    logits = patch_logits(full_precision(out.seg[li]), text)
                     probs = upsampled_logits(logits, grid, tuple(masks.shape[-2:])).softmax(1)
                     loss = loss + focal_loss(probs, target) + dice_loss(probs[:, 1], target)
         return loss
