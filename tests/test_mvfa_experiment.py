@@ -173,7 +173,7 @@ def test_one_entry_point_writes_a_committed_run_and_refuses_to_overwrite_another
         rec.opener.synthetic_only, rec.opener.n_synthetic = True, 24
         return rec
 
-    rec = record("tiny-run")
+    rec = record("tiny-run", stages=["few_shot", "baselines", "projector"])
     out = X.run_experiment(rec.config, rec.opener, rec.state, "cpu", progress=False)
     folder = X.write_committed(rec, out)
     prov = json.loads((folder / "provenance.json").read_text())
@@ -187,13 +187,21 @@ def test_one_entry_point_writes_a_committed_run_and_refuses_to_overwrite_another
     mvfa = table[(table.method == "MVFA [tiny-cnn]") & (table.dataset == "lgg_brain_ad")]
     assert set(mvfa.metric) == {"image AUC", "pixel AUC"}
     ranged = table.dropna(subset=["ci_low"])
-    assert len(ranged) and ((ranged.ci_low >= 0) & (ranged.ci_high <= 1) & (ranged.ci_low <= ranged.value)).all()
+    ranged = ranged[~ranged.method.str.contains(" minus ")]  # AUCs: bounded intervals (differences may be negative)
+    assert len(ranged) and ((ranged.ci_low >= 0) & (ranged.ci_high <= 1) & (ranged.ci_low <= ranged.ci_high)).all()
     assert (table[table.dataset == "average"].ci_low.isna()).all()  # averages: no interval (no Student-t either)
+    # paired differences: the same images and seeds, so the value is the difference of the two rows' values
+    pick = lambda m, metric: table[(table.dataset == "lgg_brain_ad") & (table.method == f"{m} [tiny-cnn]")  # noqa: E731
+                                   & (table.metric == metric)].iloc[0]
+    for metric in ("image AUC", "pixel AUC"):
+        diff = pick("MVFA minus projector-only (April-GAN-style)", metric)
+        expected = pick("MVFA", metric).value - pick("projector-only (April-GAN-style)", metric).value
+        assert diff.value == pytest.approx(expected, abs=2e-6) and diff.ci_low <= diff.value <= diff.ci_high
     # the same name resumes: every unit is done, nothing is trained again
-    again = record("tiny-run")
+    again = record("tiny-run", stages=["few_shot"])
     assert again.run_id == rec.run_id and set(again.state.finished_units()) == set(out["units"])
     # a later invocation may run further stages of the same run ...
-    assert record("tiny-run", stages=["projector"]).run_id == rec.run_id
+    assert record("tiny-run", stages=["zero_shot"]).run_id == rec.run_id
     # ... but other settings are refused by name, and another run never writes into this run's folder
     with pytest.raises(ConfigError, match="other settings.*epochs: 2 -> 3"):
         record("tiny-run", epochs=3)

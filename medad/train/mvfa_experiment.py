@@ -450,6 +450,7 @@ def table_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
         rows.append(rows_from_predictions(dataset, setting, f"{method} [{label}]", metric, stat, arrays, groups=grp,
                                           n_boot=n_boot, seed=0))
         per_seed[(dataset, setting, method, metric)] = _seed_values(blocks, method, metric)
+    rows += paired_rows(units, label, n_boot)
     datasets = list(dict.fromkeys(d for d, *_ in groups))
     for setting, method, metric in dict.fromkeys((s, m, met) for _, s, m, met in groups):
         wanted = [d for d in datasets if metric != "pixel AUC" or has_masks(d)]
@@ -462,6 +463,59 @@ def table_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
         averages = [float(np.mean([h[s] for h in have])) for s in seeds]
         n = sum(len(groups[(d, setting, method, metric)][0]["labels"]) for d in wanted)
         rows.append(rows_over_seeds("average", setting, f"{method} [{label}]", metric, averages, n))
+    return rows
+
+
+# Paired differences (the same test images, the same seeds): (method, method it is compared with)
+PAIRED = (("MVFA", "projector-only (April-GAN-style)"), ("MVFA", "MVFA, zero-shot branch"),
+          ("MVFA", "MVFA, few-shot branch"), ("MVFA", "PatchCore-style (frozen memory bank)"),
+          ("MVFA, checkpoint chosen on test (official)", "MVFA, checkpoint chosen on validation (same run)"))
+MASKED = ", overlay boxes masked"  # the shortcut check's setting suffix: compared with the clean setting's MVFA
+
+
+def paired_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
+    """Rows ``A minus B`` of the same test images and seeds: the mean over seeds of the difference, and its 95%
+    bootstrap interval over test images (both scored on each resample), for image and pixel AUC.
+
+    Pairs: :data:`PAIRED` within a setting, each single level against MVFA, and, for the shortcut check,
+    MVFA on the clean images minus MVFA with the overlay boxes masked (same images, boxes blacked out).
+    """
+    from medad.results import rows_from_predictions
+
+    merged: dict[tuple, dict] = {}  # (dataset, setting, seed) -> every method's numbers
+    for value in units.values():
+        for b in value["blocks"]:
+            entry = merged.setdefault((b["dataset"], b["setting"], b["seed"]),
+                                      {"labels": b["labels"], "groups": b["groups"], "scores": {}, "pixel": {}})
+            entry["scores"].update(b["scores"])
+            entry["pixel"].update(b["pixel"])
+    specs = []  # (dataset, row setting, (setting a, method a), (setting b, method b), row method)
+    for dataset, setting in dict.fromkeys((d, s) for d, s, _ in merged):
+        methods = {m for (d, s, _), e in merged.items() if (d, s) == (dataset, setting) for m in e["scores"]}
+        pairs = list(PAIRED) + [("MVFA", m) for m in sorted(methods) if m.startswith("MVFA, level ")]
+        specs += [(dataset, setting, (setting, a), (setting, b), f"{a} minus {b}") for a, b in pairs]
+        if setting.endswith(MASKED):
+            specs.append((dataset, setting, (setting.removesuffix(MASKED), "MVFA"), (setting, "MVFA"),
+                          "MVFA on clean images minus MVFA"))
+    rows = []
+    for dataset, setting, (sa, ma), (sb, mb), name in specs:
+        seeds = sorted(seed for (d, s, seed) in merged if (d, s) == (dataset, sa) and (dataset, sb, seed) in merged)
+        for metric, key in (("image AUC", "scores"), ("pixel AUC", "pixel")):
+            both = [(merged[(dataset, sa, x)], merged[(dataset, sb, x)]) for x in seeds]
+            both = [(a, b) for a, b in both if ma in a[key] and mb in b[key]]
+            if not both:
+                continue
+            if metric == "image AUC":
+                stat = lambda y, u, v: image_auc(y, u) - image_auc(y, v)  # noqa: E731
+                arrays = [(a["labels"], a["scores"][ma], b["scores"][mb]) for a, b in both]
+            else:
+                first, second = ([PixelPairs(**e[key][m]) for e in side] for side, m in
+                                 (([a for a, _ in both], ma), ([b for _, b in both], mb)))
+                stat_a, arrays = pixel_auc_statistic(first)
+                stat_b, _ = pixel_auc_statistic(second)
+                stat = lambda keys, f=stat_a, g=stat_b: f(keys) - g(keys)  # noqa: E731
+            rows.append(rows_from_predictions(dataset, setting, f"{name} [{label}]", metric, stat, arrays,
+                                              groups=both[0][0]["groups"] or None, n_boot=n_boot, seed=0))
     return rows
 
 
