@@ -163,8 +163,18 @@ class Prepared:
     train_normal: ImageSet | None = None
 
 
+def text_for(backbone, dataset: str, texts: dict | None = None) -> torch.Tensor:
+    """The dataset's text matrix (:func:`medad.models.mvfa.text_matrix`), computed once per run when ``texts`` is
+    the run's cache (420 sentences through a CLIP text tower take a minute on a CPU)."""
+    if texts is None:
+        return M.text_matrix(backbone, M.object_name(dataset))
+    if dataset not in texts:
+        texts[dataset] = M.text_matrix(backbone, M.object_name(dataset))
+    return texts[dataset]
+
+
 def prepare(opener, name: str, backbone, cfg, keep_raw: bool = False, with_val: bool = True,
-            full_normal: bool = True) -> Prepared:
+            full_normal: bool = True, texts: dict | None = None) -> Prepared:
     """Open a dataset's val split (the support pool; skipped with ``with_val=False``) and a stratified test
     subset (``test_images``; all when null) and, with ``full_normal`` and ``full_normal_images`` set, normal
     training images; build its text matrix. The subsets used are recorded through ``opener.note_subset``."""
@@ -187,7 +197,7 @@ def prepare(opener, name: str, backbone, cfg, keep_raw: bool = False, with_val: 
         pick = np.sort(rng.choice(normal, size=min(int(cfg["full_normal_images"]), len(normal)), replace=False))
         train_normal = load_images(train_ds, pick, backbone, False)
         opener.note_subset(train_ds, pick, "normal images, split_seed")
-    return Prepared(name, val, test, M.text_matrix(backbone, M.object_name(name)), train_normal)
+    return Prepared(name, val, test, text_for(backbone, name, texts), train_normal)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -242,7 +252,10 @@ class FewShotDetails:
 def loop_settings(cfg, steps_per_epoch: int, epochs: int, seed: int, device: str, check_every: int,
                   track: Sequence[str] = ()) -> LoopSettings:
     every = lambda n: (n * steps_per_epoch) if n else None  # noqa: E731  (epochs -> steps; 0 = only at the end)
-    return LoopSettings(steps=epochs * steps_per_epoch, seed=seed, device=device, precision=cfg["precision"],
+    steps = epochs * steps_per_epoch
+    if cfg["max_steps"]:  # a rehearsal's cap: a few steps of every unit, then everything after training as usual
+        steps = min(steps, int(cfg["max_steps"]))
+    return LoopSettings(steps=steps, seed=seed, device=device, precision=cfg["precision"],
                         channels_last=bool(cfg["channels_last"]), validate_every=every(check_every),
                         checkpoint_every=every(cfg["checkpoint_every"]), select=VAL, mode="max", track=tuple(track))
 
@@ -344,7 +357,7 @@ def frozen_baselines(prep: Prepared, backbone, k: int, seeds: Sequence[int], cfg
 # ----------------------------------------------------------------------------- zero-shot, leave one out
 
 
-def zero_shot_training_data(opener, sources: Sequence[str], backbone, cfg, seed: int
+def zero_shot_training_data(opener, sources: Sequence[str], backbone, cfg, seed: int, texts: dict | None = None
                             ) -> tuple[list[TrainData], list[tuple[ImageSet, torch.Tensor]]]:
     """Per source dataset: a balanced training sample (train split, or val where train lacks a class) and
     disjoint validation images for checkpoint selection (from val)."""
@@ -355,7 +368,7 @@ def zero_shot_training_data(opener, sources: Sequence[str], backbone, cfg, seed:
     train, select = [], []
     for name in sources:
         pixel = has_masks(name)
-        text = M.text_matrix(backbone, M.object_name(name))
+        text = text_for(backbone, name, texts)
         tr_ds, va_ds = opener(name, "train"), opener(name, "val")
         tr_lab, va_lab = binary_labels(tr_ds), binary_labels(va_ds)
         parts, used_val, used_train = [], [], []
@@ -382,7 +395,7 @@ def zero_shot_training_data(opener, sources: Sequence[str], backbone, cfg, seed:
 
 
 def zero_shot(opener, held_out: str, pool: Sequence[str], backbone, cfg, seed: int, *, device: str = "cpu",
-              checkpoint=None, progress: bool = False, test: Prepared | None = None) -> dict:
+              checkpoint=None, progress: bool = False, test: Prepared | None = None, texts: dict | None = None) -> dict:
     """Adapters trained on ``pool`` minus ``held_out``; tested on ``held_out`` (zero-shot branch only).
 
     The held-out dataset is opened only after training, and only its test split (``test``: already prepared).
@@ -390,7 +403,7 @@ def zero_shot(opener, held_out: str, pool: Sequence[str], backbone, cfg, seed: i
     sources = [d for d in pool if d != held_out]
     if not sources:
         raise ConfigError(f"zero-shot leave-one-out on {held_out!r} needs at least one other dataset to train on")
-    train, select = zero_shot_training_data(opener, sources, backbone, cfg, seed)
+    train, select = zero_shot_training_data(opener, sources, backbone, cfg, seed, texts)
     model = M.MVFA(backbone, levels=cfg["levels"], seed=seed)
     score = Scorer(cfg)
     task = ZeroShotTask(model, train, select=select, score=score, lr=float(cfg["zero_lr"]),
@@ -401,7 +414,7 @@ def zero_shot(opener, held_out: str, pool: Sequence[str], backbone, cfg, seed: i
                              int(cfg["zero_check_every"]))
     result = fit(task, settings, checkpoint=checkpoint, progress=progress)
     if test is None:
-        test = prepare(opener, held_out, backbone, cfg, with_val=False, full_normal=False)
+        test = prepare(opener, held_out, backbone, cfg, with_val=False, full_normal=False, texts=texts)
     ims = test.test
     blk = block(held_out, "zero-shot", seed, ims)
     add(blk, "MVFA", M.combine(score(model, ims, None, test.text), None, ims.pixel_level, branch="zero",
@@ -587,10 +600,11 @@ def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = Tru
     official = set(seeds[: int(cfg["official_selection_seeds"])])
     prepared: dict[str, Prepared] = {}
     details: dict[str, FewShotDetails] = {}
+    texts: dict[str, torch.Tensor] = {}
 
     def prep(d: str) -> Prepared:
         if d not in prepared:
-            prepared[d] = prepare(opener, d, backbone, cfg, keep_raw=keep_raw)
+            prepared[d] = prepare(opener, d, backbone, cfg, keep_raw=keep_raw, texts=texts)
         return prepared[d]
 
     def few(key, d, kk, s, **kw):
@@ -615,7 +629,7 @@ def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = Tru
         elif stage == "zero_shot":
             state.unit(key, lambda: zero_shot(opener, d, cfg["datasets"], backbone, cfg, s, device=device,
                                               checkpoint=state.checkpoint(key), progress=progress,
-                                              test=prepared.get(d)), keep_checkpoint=False)
+                                              test=prepared.get(d), texts=texts), keep_checkpoint=False)
         elif stage == "k_curve":
             state.unit(key, lambda: _only(few(key, d, s[0], s[1]), "MVFA"), keep_checkpoint=False)
     units = {key: state.get(key) for key in state.finished_units()}
