@@ -38,10 +38,6 @@ def fast_text(monkeypatch):
     monkeypatch.setattr(M, "text_matrix", _fake_text)
 
 
-CFG = {"levels": None, "map_size": 8, "epochs": 2, "check_every": 1, "batch_size": 8, "lr": 1e-3,
-       "test_images": 12, "select_images": 6, "full_normal_images": 4, "eval_batch": 8, "det_branch": True,
-       "zero_epochs": 1, "zero_lr": 1e-4, "zero_check_every": 0, "zero_train_per_class": 3,
-       "zero_select_per_dataset": 6}
 
 
 # ---- adapters -----------------------------------------------------------------------------------
@@ -199,75 +195,63 @@ def test_support_sets_are_seeded_disjoint_and_too_large_k_is_a_clear_error():
         X.support_indices(labels, 4, seed=0, where="lgg_brain_ad few-shot")
 
 
-def test_unknown_dataset_and_pixel_auc_without_masks_are_clear_errors():
+def test_unknown_datasets_are_refused_by_the_schema_and_the_bmad_names_are_known():
+    from medad import profiles
+
     with pytest.raises(ConfigError, match="kvasir_polyps"):
-        X.check_datasets(["lgg_brain_ad", "kvasir_polyps"], "zero-shot leave-one-out")
+        profiles.resolve_named("mvfa", "quick", {"datasets": ["lgg_brain_ad", "kvasir_polyps"]})
     # the six BMAD sub-datasets run unchanged when a user has BMAD: known names, MVFA's object names, masks
     bmad = ["bmad_brainmri", "bmad_liverct", "bmad_resc", "bmad_oct17", "bmad_chestxray", "bmad_his"]
-    assert X.check_datasets(bmad) == bmad and M.object_name("bmad_liverct") == "Liver"
+    assert profiles.resolve_named("mvfa", "quick", {"datasets": bmad})["datasets"] == bmad
+    assert M.object_name("bmad_liverct") == "Liver"
     assert [X.has_masks(d) for d in bmad] == [True, True, True, False, False, False]
-    with pytest.raises(ConfigError, match="without masks"):
-        X.pixel_auc(np.zeros((2, 4, 4)), None, "chest_xray")
 
 
 def test_real_clip_without_weights_is_a_clear_error(monkeypatch, tmp_path):
     import medad.backbones.clip_openclip as oc
+    from medad import profiles
 
     monkeypatch.setenv("MEDAD_WEIGHTS", str(tmp_path))
     monkeypatch.setattr(oc, "cached_tag_file", lambda *a, **k: None)
     monkeypatch.setattr(oc, "hub_reachable", lambda: False)
     with pytest.raises(WeightsNotFound, match="STAND-IN|stand-in"):
-        X.load_backbone_for({"backbone": "clip-vit-l-14-336", "image_size": 240, "levels": [6, 12, 18, 24]})
+        X.load_backbone_for(profiles.resolve_named("mvfa", "full"))
 
 
-def test_few_shot_end_to_end_on_synthetic_data_with_both_selection_protocols(vit, fast_text):
-    opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
-    prep = X.prepare(opener, "lgg_brain_ad", vit, CFG)
-    res = X.few_shot(prep, vit, 2, 0, CFG, track_test=True)
-    table = {(r["method"], r["metric"]): r["value"] for r in res.rows}
-    for key in [("MVFA", "image AUC"), ("MVFA", "pixel AUC"), ("MVFA, det branch", "image AUC"),
-                ("MVFA, test-set min-max", "image AUC"), ("MVFA, level 12 only", "pixel AUC"),
-                ("MVFA, checkpoint chosen on test", "image AUC")]:
-        assert 0.0 <= table[key] <= 1.0, key
-    assert table[("MVFA, checkpoint chosen on test", "image AUC")] >= table[
-        ("MVFA, checkpoint chosen on validation (same run)", "image AUC")]
+def _cfg(**kw):
+    from medad import profiles
+
+    given = dict(levels=[6, 12], map_size=8, k=2, seeds=[0, 1], epochs=2, check_every=1, batch_size=8, test_images=12,
+                 select_images=6, full_normal_images=4, eval_batch=8, precision="fp32", channels_last=False, n_boot=50)
+    return profiles.resolve_named("mvfa", "long_cpu", {**given, **kw})
+
+
+def test_few_shot_end_to_end_on_a_random_clip_vit_with_both_selections(vit, fast_text):
+    from medad.experiment.record import RecordingOpener
+
+    prep = X.prepare(RecordingOpener(synthetic=True, n_synthetic=24), "lgg_brain_ad", vit, _cfg())
+    value, details = X.few_shot(prep, vit, 2, 0, _cfg(), official=True)
+    blk = value["blocks"][0]
+    for method in ["MVFA", "MVFA, det branch", "MVFA, test-set min-max", "MVFA, level 12 only",
+                   "MVFA, checkpoint chosen on test (official)", "MVFA, checkpoint chosen on validation (same run)"]:
+        assert 0.0 <= X.image_auc(blk["labels"], blk["scores"][method]) <= 1.0, method
+    assert "MVFA, level 6 only" in blk["pixel"] and "MVFA, det branch" not in blk["pixel"]
     # K normal x 11 augmentations x (class token + 2x2 patches): the official bank keeps the class token
-    assert len(res.history["checks"]) == 2 and res.bank.size == 2 * 11 * (1 + 4)
+    assert details.bank.size == 2 * 11 * (1 + 4) and len(value["training"]["validations"]) == 2
 
 
-def test_training_resumes_from_its_checkpoint(vit, fast_text, tmp_path):
-    opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
-    prep = X.prepare(opener, "chest_xray", vit, {**CFG, "full_normal_images": None, "test_images": 8})
-    full = X.few_shot(prep, vit, 2, 3, CFG, checkpoint=tmp_path / "a.pt")
-    X.few_shot(prep, vit, 2, 3, {**CFG, "epochs": 1}, checkpoint=tmp_path / "b.pt")  # stopped after epoch 1
-    resumed = X.few_shot(prep, vit, 2, 3, CFG, checkpoint=tmp_path / "b.pt")
-    # resumed = uninterrupted, number for number (which also shows the run is deterministic with a seed)
-    assert resumed.history["loss"] == pytest.approx(full.history["loss"])
-    assert [c["val"] for c in resumed.history["checks"]] == pytest.approx([c["val"] for c in full.history["checks"]])
-    assert [r["value"] for r in resumed.rows] == pytest.approx([r["value"] for r in full.rows])
+def test_frozen_baselines_give_one_row_per_method_over_seeds(vit, fast_text):
+    from medad.experiment.record import RecordingOpener
 
-
-def test_zero_shot_leave_one_out_never_reads_the_held_out_dataset_before_testing(vit, fast_text):
-    opener = X.RecordingOpener(synthetic=True, n_synthetic=16)
-    rows, _ = X.zero_shot_loo(opener, "endoscopy_ad", ["chest_xray", "endoscopy_ad", "lgg_brain_ad"], vit, CFG, seed=0)
-    held = [i for i, (name, _) in enumerate(opener.opened) if name == "endoscopy_ad"]
-    assert [opener.opened[i][1] for i in held] == ["test"]  # only its test split ...
-    assert held == [len(opener.opened) - 1]  # ... opened after every training read
-    assert {r["dataset"] for r in rows} == {"endoscopy_ad"} and {r["metric"] for r in rows} == {"image AUC", "pixel AUC"}
-    with pytest.raises(ConfigError, match="unknown dataset"):
-        X.zero_shot_loo(opener, "lgg_brain_ad", ["lgg_brain_ad", "mnist"], vit, CFG, seed=0)
-
-
-def test_frozen_baselines_and_tidy_table(vit, fast_text):
-    opener = X.RecordingOpener(synthetic=True, n_synthetic=24)
-    prep = X.prepare(opener, "chest_xray", vit, CFG)
-    rows = X.frozen_baselines(prep, vit, 2, [0, 1], CFG)
-    methods = {(r["setting"], r["method"]) for r in rows}
-    assert ("zero-shot", "WinCLIP-style (frozen, text)") in methods
-    assert ("few-shot K=2", "PatchCore-style (frozen memory bank)") in methods
-    assert ("full-normal (4 images)", "PatchCore-style (frozen memory bank)") in methods
-    table = X.tidy(rows)
-    few = table[(table.setting == "few-shot K=2")].iloc[0]
-    vals = [r["value"] for r in rows if r["setting"] == "few-shot K=2"]
-    assert few.seeds == 2 and few.value == pytest.approx(np.mean(vals))
-    assert few.ci_low <= few.value <= few.ci_high or math.isnan(few.ci_low)
+    prep = X.prepare(RecordingOpener(synthetic=True, n_synthetic=24), "chest_xray", vit, _cfg())
+    value = X.frozen_baselines(prep, vit, 2, [0, 1], _cfg())
+    methods = {(b["setting"], m) for b in value["blocks"] for m in b["scores"]}
+    assert methods == {("zero-shot", "WinCLIP-style (frozen, text)"), ("few-shot K=2", "PatchCore-style (frozen memory bank)"),
+                       ("full-normal (4 images)", "PatchCore-style (frozen memory bank)")}
+    rows = X.table_rows({"baselines/chest_xray/None": value}, "test", n_boot=50)
+    few = next(r for r in rows if r["setting"] == "few-shot K=2")
+    per_seed = [X.image_auc(b["labels"], b["scores"]["PatchCore-style (frozen memory bank)"])
+                for b in value["blocks"] if b["setting"] == "few-shot K=2"]
+    assert few["seeds"] == 2 and few["value"] == pytest.approx(np.mean(per_seed))
+    assert few["seed_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert 0.0 <= few["ci_low"] <= few["ci_high"] <= 1.0 or math.isnan(few["ci_low"])

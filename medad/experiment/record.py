@@ -117,19 +117,25 @@ class RecordingOpener:
 
 class RunState:
     """A run's checkpoints and finished units; ``folder=None`` keeps units in memory and writes no checkpoints
-    (a notebook's quick run)."""
+    (a notebook's quick run).
+
+    A unit's value is JSON, except that NumPy arrays anywhere in it (per-image scores, a pixel-pair matrix)
+    are kept as arrays: with a folder they are stored beside ``units.json`` in ``units/<key>.pt`` and
+    ``units.json`` holds a reference, so it stays small.
+    """
 
     def __init__(self, folder: str | os.PathLike | None = None):
         self.folder = Path(folder) if folder is not None else None
         self._units: dict[str, Any] = {}
         if self.folder is not None and (self.folder / "units.json").is_file():
-            self._units = json.loads((self.folder / "units.json").read_text())
+            stored = json.loads((self.folder / "units.json").read_text())
+            self._units = {key: self._load_arrays(key, value) for key, value in stored.items()}
 
     def checkpoint(self, key: str) -> Path | None:
         """Where the training unit ``key`` keeps its checkpoint (None without a folder)."""
         if self.folder is None:
             return None
-        return self.folder / "checkpoints" / (re.sub(r"[^A-Za-z0-9._-]+", "-", key) + ".pt")
+        return self.folder / "checkpoints" / (_file_name(key) + ".pt")
 
     def done(self, key: str) -> bool:
         return key in self._units
@@ -138,19 +144,75 @@ class RunState:
         return self._units[key]
 
     def unit(self, key: str, compute: Callable[[], Any], keep_checkpoint: bool = True):
-        """The result of unit ``key``: stored when it finished (JSON), else computed now and stored."""
+        """The result of unit ``key``: stored when it finished (JSON, arrays beside it), else computed now and stored."""
         if key in self._units:
             return self._units[key]
-        value = jsonable({"v": compute()})["v"]
-        self._units[key] = value
+        arrays: dict[str, Any] = {}
+        plain = jsonable({"v": _take_arrays(compute(), arrays)})["v"]
         if self.folder is not None:
-            atomic_write_json(self.folder / "units.json", self._units)
+            from medad.experiment.checkpoint import atomic_save
+
+            if arrays:
+                atomic_save(arrays, self._arrays_file(key))
+            atomic_write_json(self.folder / "units.json", {**self._stored(), key: plain})
             if not keep_checkpoint and self.checkpoint(key) is not None:
                 self.checkpoint(key).unlink(missing_ok=True)
-        return value
+        self._units[key] = _put_arrays(plain, arrays)
+        return self._units[key]
 
     def finished_units(self) -> list[str]:
         return list(self._units)
+
+    def _arrays_file(self, key: str) -> Path:
+        return self.folder / "units" / (_file_name(key) + ".pt")
+
+    def _stored(self) -> dict:
+        return {key: _take_arrays(value, {}) for key, value in self._units.items()}
+
+    def _load_arrays(self, key: str, value):
+        if not _has_reference(value):
+            return value
+        from medad.experiment.checkpoint import load_checkpoint
+
+        return _put_arrays(value, load_checkpoint(self._arrays_file(key)))
+
+
+_ARRAY = "__array__"
+
+
+def _file_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", key)
+
+
+def _take_arrays(value, arrays: dict):
+    """``value`` with each NumPy array replaced by ``{"__array__": name}`` (the array put in ``arrays``)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        name = f"a{len(arrays)}"
+        arrays[name] = value
+        return {_ARRAY: name}
+    if isinstance(value, dict):
+        return {k: _take_arrays(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_take_arrays(v, arrays) for v in value]
+    return value
+
+
+def _put_arrays(value, arrays: dict):
+    if isinstance(value, dict):
+        if set(value) == {_ARRAY}:
+            return arrays[value[_ARRAY]]
+        return {k: _put_arrays(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_put_arrays(v, arrays) for v in value]
+    return value
+
+
+def _has_reference(value) -> bool:
+    if isinstance(value, dict):
+        return set(value) == {_ARRAY} or any(_has_reference(v) for v in value.values())
+    return isinstance(value, list) and any(_has_reference(v) for v in value)
 
 
 # ----------------------------------------------------------------------------- the record

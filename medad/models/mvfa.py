@@ -393,6 +393,12 @@ class MemoryBank:
         return int(self.seg[0].shape[0])
 
 
+def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
+    """Where ``model`` runs: its backbone's device (MVFA, FrozenTokens), else that of the images."""
+    backbone = getattr(model, "backbone", None)
+    return backbone.device if backbone is not None else images.device
+
+
 def _bank_rows(patches: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
     """(B, N, d) patch tokens and (B, d) class tokens or None -> (B * rows, d), each image's class token first."""
     if cls is not None:
@@ -401,17 +407,26 @@ def _bank_rows(patches: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16, class_token: bool = True) -> MemoryBank:
+def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16, class_token: bool = True,
+                      precision: str = "fp32", channels_last: bool = False) -> MemoryBank:
     """Run ``model`` on normal support images (already augmented) and stack their tokens per level.
 
     class_token: keep each image's class token among the rows where the model gives one (a ViT), as
                  official ``train_few.py`` does (its bank stacks every token); queries stay patch tokens only.
+    precision:   the network's arithmetic (as :func:`branch_scores`); the bank is stored in float32.
     """
+    from medad.experiment.precision import as_input, autocast
+
     if len(images) == 0:
         raise ConfigError("the memory bank needs at least one normal support image")
     seg, det, rows = None, None, []
+    device = _device_of(model, images)
     for i in range(0, len(images), batch):
-        out = model(images[i:i + batch])
+        with autocast(device, precision):
+            out = model(as_input(images[i:i + batch].to(device), channels_last))
+        out.seg, out.det = [full_precision(t) for t in out.seg], [full_precision(t) for t in out.det]
+        out.seg_cls = [None if c is None else full_precision(c) for c in out.seg_cls]
+        out.det_cls = [None if c is None else full_precision(c) for c in out.det_cls]
         n = len(out.seg)
         seg_cls = out.seg_cls if class_token and out.seg_cls else [None] * n
         det_cls = out.det_cls if class_token and out.det_cls else [None] * n
@@ -425,30 +440,39 @@ def build_memory_bank(model: nn.Module, images: torch.Tensor, batch: int = 16, c
 
 @torch.no_grad()
 def branch_scores(model: nn.Module, images: torch.Tensor, text: torch.Tensor, bank: MemoryBank | None,
-                  map_size: int, batch: int = 16, seg_few: bool = True, det_few: bool = True) -> BranchScores:
+                  map_size: int, batch: int = 16, seg_few: bool = True, det_few: bool = True,
+                  precision: str = "fp32", channels_last: bool = False) -> BranchScores:
     """Zero- and few-shot scores of every image at every level (see :class:`BranchScores`).
 
     Zero-shot maps upsample the logits and then take the softmax (:func:`zero_shot_map`);
     few-shot maps upsample the patch distances. ``seg_few`` / ``det_few`` False skip that
     few-shot branch (left NaN): image-level datasets need only the det branch, and the
-    memory bank is most of the cost.
+    memory bank is most of the cost. ``precision="bf16"`` runs the network (backbone and
+    adapters) under bfloat16 autocast; the scores are always computed in float32 from
+    its tokens cast up.
     """
+    from medad.experiment.precision import as_input, autocast
+
+    device = _device_of(model, images)  # images may wait on the CPU; each batch goes to the model's device
+    text = full_precision(text.to(device))
     parts = []
     for i in range(0, len(images), batch):
-        out = model(images[i:i + batch])
+        with autocast(device, precision):
+            out = model(as_input(images[i:i + batch].to(device), channels_last))
         b = len(out.seg[0])
         sz, sf, dz, df = [], [], [], []
         for li, grid in enumerate(out.grids):
-            sz.append(zero_shot_map(patch_logits(out.seg[li], text), grid, map_size))
-            dz.append(zero_shot_patch_scores(out.det[li], text).mean(1))
+            seg, det = full_precision(out.seg[li]), full_precision(out.det[li])
+            sz.append(zero_shot_map(patch_logits(seg, text), grid, map_size))
+            dz.append(zero_shot_patch_scores(det, text).mean(1))
             if bank is not None and seg_few:
-                sf.append(upsample(memory_bank_scores(out.seg[li], bank.seg[li]), grid, map_size))
+                sf.append(upsample(memory_bank_scores(seg, bank.seg[li]), grid, map_size))
             else:
-                sf.append(torch.full((b, map_size, map_size), float("nan")))
+                sf.append(torch.full((b, map_size, map_size), float("nan"), device=device))
             if bank is not None and det_few:
-                df.append(upsample(memory_bank_scores(out.det[li], bank.det[li]), grid, map_size).mean((1, 2)))
+                df.append(upsample(memory_bank_scores(det, bank.det[li]), grid, map_size).mean((1, 2)))
             else:
-                df.append(torch.full((b,), float("nan")))
+                df.append(torch.full((b,), float("nan"), device=device))
         parts.append(BranchScores(*(torch.stack(x, 1).float().cpu().numpy() for x in (sz, sf, dz, df))))
     return BranchScores.concat(parts)
 
@@ -574,6 +598,11 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
     return 1.0 - ((2.0 * (p * m).sum(1) + smooth) / (p.sum(1) + m.sum(1) + smooth)).mean()
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is a 16-bit float (bf16 autocast output); float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class MVFALoss(nn.Module):
     """Sum over levels of BCE(mean det anomaly probability, label) and, with masks, focal + Dice on the seg map.
 
@@ -583,15 +612,22 @@ class MVFALoss(nn.Module):
 
     def forward(self, out: AdaptedTokens, text: torch.Tensor, labels: torch.Tensor,
                 masks: torch.Tensor | None = None) -> torch.Tensor:
-        """labels (B,) in {0, 1}; masks (B, S, S) in {0, 1} or None (image-level data: no pixel loss)."""
-        loss = torch.zeros((), device=labels.device)
-        for li, grid in enumerate(out.grids):
-            prob = zero_shot_patch_scores(out.det[li], text).mean(1).clamp(1e-6, 1 - 1e-6)
-            loss = loss + F.binary_cross_entropy(prob, labels.to(prob.dtype))
-            if masks is not None:
-                target = (masks > 0.5).long()
-                probs = upsampled_logits(patch_logits(out.seg[li], text), grid, tuple(masks.shape[-2:])).softmax(1)
-                loss = loss + focal_loss(probs, target) + dice_loss(probs[:, 1], target)
+        """labels (B,) in {0, 1}; masks (B, S, S) in {0, 1} or None (image-level data: no pixel loss).
+
+        Computed in float32 even inside a bfloat16 autocast region: the tokens are cast up and
+        autocast is switched off for the logits, softmax and losses.
+        """
+        text = full_precision(text)
+        loss = torch.zeros((), device=labels.device, dtype=text.dtype)
+        with torch.autocast(labels.device.type, enabled=False):
+            for li, grid in enumerate(out.grids):
+                prob = zero_shot_patch_scores(full_precision(out.det[li]), text).mean(1).clamp(1e-6, 1 - 1e-6)
+                loss = loss + F.binary_cross_entropy(prob, labels.to(prob.dtype))
+                if masks is not None:
+                    target = (masks > 0.5).long()
+                    logits = patch_logits(full_precision(out.seg[li]), text)
+                    probs = upsampled_logits(logits, grid, tuple(masks.shape[-2:])).softmax(1)
+                    loss = loss + focal_loss(probs, target) + dice_loss(probs[:, 1], target)
         return loss
 
 

@@ -111,12 +111,18 @@ def knn_table(points: pd.DataFrame, emb: np.ndarray) -> pd.DataFrame:
 
 
 def layouts(emb: np.ndarray, perplexity: float, neighbours: int, seed: int) -> dict:
+    """t-SNE and UMAP of ``emb``; a perplexity of at least the number of points is an error naming the parameter
+    (it used to be lowered silently)."""
     import umap
     from sklearn.manifold import TSNE
 
+    from medad.errors import ConfigError
+
+    if not float(perplexity) < len(emb):
+        raise ConfigError(f"tsne_perplexity {perplexity:g} must be below the number of embedded points ({len(emb)}); "
+                          f"choose a smaller tsne_perplexity or more images_per_dataset")
     return {
-        "t-SNE": TSNE(n_components=2, perplexity=min(float(perplexity), (len(emb) - 1) / 3), init="pca",
-                      random_state=seed).fit_transform(emb),
+        "t-SNE": TSNE(n_components=2, perplexity=float(perplexity), init="pca", random_state=seed).fit_transform(emb),
         "UMAP": umap.UMAP(n_neighbors=int(neighbours), metric="cosine", random_state=seed, n_jobs=1).fit_transform(emb),
     }
 

@@ -178,3 +178,82 @@ def k_curve_figure(curve: pd.DataFrame, title: str):
     ax.set_title(textwrap.fill(title, 55))  # the legend at the right narrows the axes
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
+
+
+# ----------------------------------------------------------------------------- the headline run in words
+
+
+def run_parameters(run) -> dict:
+    """A committed run's parameters: ``parameters`` of the one provenance schema, ``config`` of runs written before it."""
+    prov = run.provenance
+    return dict(prov.get("parameters") or prov.get("config") or {})
+
+
+def run_protocol(run) -> str:
+    """The input protocol a run used; runs from before the switch used the backbone's own normalisation ('corrected')."""
+    return str(run.provenance.get("protocol") or run_parameters(run).get("protocol") or "corrected")
+
+
+def order_word(a: float, b: float, above: str = "above", below: str = "below", same: str = "level with") -> str:
+    """How ``a`` stands to ``b`` in a word; an en dash when either is missing."""
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return "–"
+    return above if a > b else below if a < b else same
+
+
+def difference_row(table: pd.DataFrame, dataset: str, setting: str, name: str, metric: str = "image AUC"):
+    """The paired-difference row ``name`` (e.g. 'MVFA minus projector-only (April-GAN-style)'), or None."""
+    t = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["method"].map(strip_backbone) == name)
+              & (table["metric"] == metric)]
+    return None if t.empty else t.iloc[0]
+
+
+def difference_text(row) -> str:
+    """``+0.012 (−0.004 to +0.030), interval includes 0`` for a paired-difference row; '–' without one."""
+    if row is None or not np.isfinite(row["value"]):
+        return "no paired difference in this run"
+    text = f"{row['value']:+.3f}"
+    if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]):
+        excludes = row["ci_low"] > 0 or row["ci_high"] < 0
+        text += (f" (95% interval {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
+                 f"{'excludes' if excludes else 'includes'} 0)")
+    return text
+
+
+def per_dataset_count(table: pd.DataFrame, setting: str, method_a: str, method_b: str, metric: str = "image AUC",
+                      datasets: Sequence[str] | None = None) -> str:
+    """``'3 of 4 datasets'`` on which ``method_a`` scores above ``method_b``."""
+    shown = [d for d in (datasets or table["dataset"].unique()) if d != "average"]
+    pairs = [(value(table, d, setting, method_a, metric), value(table, d, setting, method_b, metric)) for d in shown]
+    pairs = [(a, b) for a, b in pairs if np.isfinite(a) and np.isfinite(b)]
+    return f"{sum(a > b for a, b in pairs)} of {len(pairs)} datasets" if pairs else "no dataset"
+
+
+VERDICT_WORDS = {"reproduced": "supports the paper's claim", "partly": "partly supports it (ordered as claimed, not everywhere separated)",
+                 "not reproduced": "does not support it", "not testable here": "cannot test it"}
+
+
+def ablation_verdicts(evaluations) -> pd.DataFrame:
+    """The chapter's ablation claims (results/mvfa/claims.yml, kind: ablation) with what the headline run says."""
+    rows = [{"ablation (the paper's claim)": e.claim["claim"], "this run": VERDICT_WORDS.get(e.verdict, e.verdict),
+             "evidence": e.summary()} for e in evaluations if e.claim.get("kind") == "ablation"]
+    return pd.DataFrame(rows)
+
+
+def older_runs(runs, headline, rows: Sequence[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Each committed run (headline first) with a few of its numbers: rows are (label, setting, method, metric)
+    taken on the average over datasets ('lgg_brain_ad' rows for a label starting with 'LGG')."""
+    out = {}
+    for run in runs:
+        params = run_parameters(run)
+        col = f"{run.name}{' (headline)' if headline is not None and run.name == headline.name else ''}"
+        cells = {"schedule": run.provenance.get("schedule", ""), "protocol": run_protocol(run),
+                 "arithmetic": run.provenance.get("precision") or "float32"}
+        for label, setting, method, metric in rows:
+            k = params.get("k", 4)
+            dataset = "lgg_brain_ad" if label.startswith("LGG") else "average"
+            t = run.table[(run.table["dataset"] == dataset) & (run.table["setting"] == setting.format(k=k))
+                          & (run.table["method"].map(strip_backbone) == method) & (run.table["metric"] == metric)]
+            cells[label] = format_row(t.iloc[0]) if len(t) else "–"
+        out[col] = cells
+    return pd.DataFrame(out)

@@ -1,96 +1,74 @@
-"""MVFA's protocol, done without the official code's leaks, and the chapter's long CPU run.
+"""The MVFA chapter's experiment: MVFA-AD's protocol, its official checkpoint selection measured beside ours.
 
-Few-shot (per dataset, K, seed): K normal + K abnormal support images drawn
-from the dataset's *validation* split with the seed, each augmented x11; the
-adapters train on them (the seed also initialises the adapters); the memory
-bank holds the adapted tokens of the augmented normal support images. The
-checkpoint is chosen on the remaining validation images (never the test set);
-the min-max statistics of the default ("reference") normalisation come from
-them too. The official scripts choose the checkpoint by its TEST score: that
-protocol is run once (the first seed) to show how much it inflates the numbers.
-
-Zero-shot (leave-one-out): for each held-out dataset the adapters train on
-the other datasets only; :class:`RecordingOpener` records every split opened,
-so a test can check that the held-out dataset is read for testing alone.
-
-Baselines on the same backbone, splits and test images: the frozen backbone's
-tokens with the text matrix (WinCLIP-style zero-shot), a memory bank of frozen
-tokens from the K-shot support (PatchCore-style few-shot), the same from many
-normal training images (full-normal-shot), and projector-only adapters
-(``residual=False``, April-GAN-style).
-
-Command line (the chapter's headline run; resumes from its checkpoints)::
+One entry point, :func:`run_experiment`, called by the chapter notebook (``run.opener``,
+``run.state``) and by the command line::
 
     nice -n 5 python -m medad.train.mvfa_experiment --profile long_cpu --data-dir ../shared/data \\
-        --name long-cpu-2026-11-23
+        --name long-cpu-<date> --threads 1 [--stages few_shot,baselines] [--datasets a,b]
+
+which writes ``results/mvfa/<name>/`` through :class:`medad.experiment.record.RunRecord`. Each
+(stage, dataset, seed) is a unit (``state.unit``): a rerun skips finished units and resumes the current
+one from its checkpoint (:func:`medad.experiment.loop.fit`); a rerun under other settings is refused.
+Later invocations may run further ``--stages`` of the same run (the table then holds every unit).
+
+Few-shot (per dataset, K, seed): K normal + K abnormal support images drawn from the dataset's
+*validation* split with the seed, each augmented x11; the adapters (initialised from the seed) train on
+them (:class:`medad.train.mvfa_tasks.FewShotTask`); the memory bank holds the adapted tokens of the
+augmented normal support images. The weights kept are those with the best validation score on other
+validation images (never the test set), whose scores also give the min-max statistics of the default
+("reference") normalisation. For the first ``official_selection_seeds`` seeds the same run also scores the
+test set every validation as MVFA-AD's ``train_few.py`` does (test-set min-max, pixel AUC + image AUC,
+image AUC alone without masks) and keeps those weights too (the loop's ``track``): the row "checkpoint
+chosen on test (official)" is that selection, measured beside "checkpoint chosen on validation (same
+run)", so the gap is the leak the official protocol adds.
+
+Zero-shot (leave-one-out): for each held-out dataset the adapters train on the other datasets only
+(at most ``zero_train_per_class`` images per class and source); the held-out dataset is opened for its
+test split only, after training. Baselines on the same backbone, splits and test images: the frozen
+backbone's tokens against the text matrix (WinCLIP-style), memory banks of frozen tokens from the K-shot
+support and from normal training images (PatchCore-style), projector-only adapters (``residual=False``,
+April-GAN-style). Shortcut check (``shortcut`` stage): the few-shot protocol again with the overlay boxes
+of the endoscopy frames blacked out in every image (support, bank, validation and test images).
+
+Numbers: image AUC and pooled pixel AUC (:mod:`medad.metrics.anomaly`); each table row comes from the
+per-image predictions of every seed (:func:`medad.results.rows_from_predictions`: mean over seeds, a 95%
+bootstrap interval over test images, patients where the dataset has them, the seeds' s.d.).
 """
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import math
-import time
+import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from medad import provenance
-from medad.errors import ConfigError, DataError, command_line
-from medad.metrics.classification import roc_auc
+from medad.errors import ConfigError, DataError
+from medad.experiment import cli
+from medad.experiment.loop import LoopSettings, fit
+from medad.metrics.anomaly import PixelPairs, image_auc, pixel_auc_statistic
 from medad.models import mvfa as M
+from medad.train.mvfa_tasks import OFFICIAL, VAL, FewShotTask, TrainData, ZeroShotTask
 
 CHAPTER = "mvfa"
-DATASETS = ("lgg_brain_ad", "endoscopy_ad", "chest_xray", "brain_mri")
 PIXEL_DATASETS = ("lgg_brain_ad", "endoscopy_ad", "bmad_brainmri", "bmad_liverct", "bmad_resc")
 NORMAL_CLASS_NAMES = ("normal", "notumor", "good")
+STAGES = ("few_shot", "baselines", "projector", "zero_shot", "shortcut", "k_curve")
+CODE_FILES = ("medad/models/mvfa.py", "medad/train/mvfa_experiment.py", "medad/train/mvfa_tasks.py",
+              "medad/metrics/anomaly.py", "medad/metrics/bootstrap.py", "medad/experiment/loop.py",
+              "medad/experiment/precision.py", f"medad/profiles/{CHAPTER}.yml")
+
+
+def shortcut_boxes() -> dict:
+    """Datasets with a known non-anatomical shortcut, and the boxes (fractions of the frame) that hide it."""
+    from medad.data.endoscopy_ad import OVERLAY_BOXES
+
+    return {"endoscopy_ad": OVERLAY_BOXES}
 
 
 # ----------------------------------------------------------------------------- data
-
-
-class RecordingOpener:
-    """``medad.data.open_dataset`` for one data directory, remembering every (dataset, split) it opened."""
-
-    def __init__(self, data_dir=None, synthetic: bool | None = None, n_synthetic: int | None = None):
-        self.data_dir, self.synthetic, self.n_synthetic = data_dir, synthetic, n_synthetic
-        self.opened: list[tuple[str, str]] = []
-        self.datasets: list = []
-
-    def __call__(self, name: str, split: str):
-        from medad.data import open_dataset
-
-        ds = open_dataset(name, split, self.data_dir, synthetic=self.synthetic, n=self.n_synthetic)
-        self.opened.append((name, split))
-        if ds not in self.datasets:
-            self.datasets.append(ds)
-        return ds
-
-    def provenance(self) -> list[dict]:
-        out = []
-        for ds in self.datasets:
-            item = ds.provenance()
-            if item not in out:
-                out.append(item)
-        return out
-
-
-def check_datasets(names: Sequence[str], what: str = "datasets") -> list[str]:
-    from medad.data import list_datasets
-
-    known = set(list_datasets())
-    names = list(names)
-    if not names:
-        raise ConfigError(f"{what}: give at least one dataset")
-    bad = [n for n in names if n not in known or n not in M.OBJECT_NAMES]
-    if bad:
-        raise ConfigError(f"{what}: unknown dataset(s) {', '.join(map(repr, bad))}; MVFA runs on: "
-                          f"{', '.join(n for n in M.OBJECT_NAMES if n in known)}")
-    return names
 
 
 def binary_labels(ds) -> np.ndarray:
@@ -99,6 +77,10 @@ def binary_labels(ds) -> np.ndarray:
         raise DataError(f"dataset {ds.name!r}: first class {ds.classes[0]!r} is not a normal class "
                         f"({', '.join(NORMAL_CLASS_NAMES)}); MVFA needs normal vs abnormal labels")
     return (np.asarray(ds.labels) > 0).astype(np.int64)
+
+
+def has_masks(name: str) -> bool:
+    return name in PIXEL_DATASETS
 
 
 @dataclass
@@ -110,6 +92,7 @@ class ImageSet:
     labels: np.ndarray
     masks: torch.Tensor | None
     ids: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
     raw: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -119,16 +102,28 @@ class ImageSet:
     def pixel_level(self) -> bool:
         return self.masks is not None
 
+    def take(self, idx) -> "ImageSet":
+        idx = np.asarray(idx, dtype=int)
+        pick = lambda xs: [xs[i] for i in idx] if xs else []  # noqa: E731
+        return ImageSet(self.dataset, self.images[idx], self.labels[idx], None if self.masks is None else self.masks[idx],
+                        pick(self.ids), pick(self.groups), pick(self.raw))
+
+    def blanked(self, boxes, backbone) -> "ImageSet":
+        """The same images with ``boxes`` set to black (:func:`medad.models.mvfa.blank_boxes`)."""
+        return ImageSet(self.dataset, M.blank_boxes(self.images, boxes, backbone), self.labels, self.masks, self.ids,
+                        self.groups, self.raw)
+
 
 def load_images(ds, indices: Sequence[int], backbone, pixel_level: bool, keep_raw: bool = False) -> ImageSet:
     """Decode and preprocess the chosen samples; masks squashed to the input size like the images."""
     size = backbone.image_size
     labels = binary_labels(ds)
-    imgs, masks, ids, raw = [], [], [], []
+    imgs, masks, ids, groups, raw = [], [], [], [], []
     for i in indices:
         s = ds[int(i)]
         imgs.append(backbone.preprocess(s.image))
         ids.append(s.id)
+        groups.append(str(s.group or s.id))
         if keep_raw:
             raw.append(s.image)
         if pixel_level:
@@ -139,25 +134,7 @@ def load_images(ds, indices: Sequence[int], backbone, pixel_level: bool, keep_ra
     if not imgs:
         raise DataError(f"{ds.name}/{ds.split}: no images selected")
     return ImageSet(ds.name, torch.stack(imgs), labels[np.asarray(indices, dtype=int)],
-                    torch.stack(masks) if pixel_level else None, ids, raw)
-
-
-def has_masks(name: str) -> bool:
-    return name in PIXEL_DATASETS
-
-
-def stratified_subset(labels: np.ndarray, n: int | None, rng: np.random.Generator,
-                      exclude: Sequence[int] = ()) -> np.ndarray:
-    """Up to ``n`` indices keeping the class proportions (all when n is None), in a seeded random order."""
-    pool = np.setdiff1d(np.arange(len(labels)), np.asarray(exclude, dtype=int))
-    if n is None or n >= len(pool):
-        return np.sort(pool)
-    chosen = []
-    for c in (0, 1):
-        idx = pool[labels[pool] == c]
-        take = int(round(n * len(idx) / len(pool)))
-        chosen.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
-    return np.sort(np.concatenate(chosen))
+                    torch.stack(masks) if pixel_level else None, ids, groups, raw)
 
 
 def support_indices(labels: np.ndarray, k: int, seed: int, where: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -175,134 +152,9 @@ def support_indices(labels: np.ndarray, k: int, seed: int, where: str = "") -> t
     return picked[0], picked[1]
 
 
-# ----------------------------------------------------------------------------- metrics
-
-
-def pixel_auc(maps: np.ndarray, masks: torch.Tensor | None, dataset: str = "") -> float:
-    """Pixel AUC of anomaly maps (N, s, s) against masks (N, S, S), the masks brought to the maps' size."""
-    if masks is None or maps is None:
-        raise ConfigError(f"pixel AUC asked of {dataset or 'a dataset'} without masks; it has image labels only")
-    s = maps.shape[-1]
-    m = F.interpolate(masks[:, None].float(), size=(s, s), mode="nearest")[:, 0].numpy() > 0.5
-    if m.all() or not m.any():
-        return math.nan
-    return roc_auc(m.reshape(-1).astype(int), maps.reshape(-1))
-
-
-def image_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    if len(np.unique(labels)) < 2:
-        return math.nan
-    return roc_auc(labels, scores)
-
-
-def summary_metrics(test: M.BranchScores, reference: M.BranchScores | None, ims: ImageSet, branch: str = "both",
-                    normalisation: str = "reference") -> dict:
-    """image AUC (and pixel AUC and the det branch's image AUC for masked datasets) of one scoring choice."""
-    out = M.combine(test, reference, ims.pixel_level, branch=branch, normalisation=normalisation)
-    res = {"image AUC": image_auc(ims.labels, out.image)}
-    if ims.pixel_level:
-        res["pixel AUC"] = pixel_auc(out.maps, ims.masks, ims.dataset)
-        res["image AUC, det branch"] = image_auc(ims.labels, out.det_image)
-    return res
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@dataclass
-class TrainData:
-    """One dataset's training images (already augmented) with its text matrix."""
-
-    dataset: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    masks: torch.Tensor | None
-    text: torch.Tensor
-
-
-def _state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def train_adapters(model: M.MVFA, data: Sequence[TrainData], *, epochs: int, lr: float, batch_size: int, seed: int,
-                   check_every: int = 0, on_check: Callable[[int], dict] | None = None,
-                   checkpoint: Path | None = None, progress: bool = False, desc: str = "train") -> dict:
-    """Adam (betas 0.5, 0.999) on the adapters only, one dataset per batch; returns the history.
-
-    ``on_check(epoch)`` runs after every ``check_every`` epochs and after the last; it returns a
-    dict of scores kept in the history with the adapters' state. With ``checkpoint`` the state,
-    optimiser and history are saved after every epoch and a rerun resumes from them.
-    """
-    from tqdm.auto import tqdm
-
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
-    loss_fn = M.MVFALoss()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.5, 0.999))
-    history = {"loss": [], "checks": []}
-    start = 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-        history, start = saved["history"], saved["epoch"]
-    gen = torch.Generator().manual_seed(seed)
-    batches_per_epoch = sum(math.ceil(len(d.images) / batch_size) for d in data)
-    for _ in range(start):  # replay the draws of the finished epochs: the same batch order as an uninterrupted run
-        for d in data:
-            torch.randperm(len(d.images), generator=gen)
-        torch.randperm(batches_per_epoch, generator=gen)
-    bar = tqdm(total=epochs * batches_per_epoch, initial=start * batches_per_epoch, desc=desc, disable=not progress,
-               leave=False)
-    for epoch in range(start, epochs):
-        model.train()
-        order = []
-        for di, d in enumerate(data):
-            perm = torch.randperm(len(d.images), generator=gen)
-            order += [(di, perm[i:i + batch_size]) for i in range(0, len(perm), batch_size)]
-        shuffle = torch.randperm(len(order), generator=gen).tolist()
-        losses = []
-        for j in shuffle:
-            di, idx = order[j]
-            d = data[di]
-            out = model(d.images[idx])
-            loss = loss_fn(out, d.text, d.labels[idx], None if d.masks is None else d.masks[idx])
-            if not torch.isfinite(loss):
-                raise ConfigError(f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach().item())
-            bar.update(1)
-        history["loss"].append(float(np.mean(losses)))
-        done = epoch + 1
-        if on_check is not None and ((check_every and done % check_every == 0) or done == epochs):
-            model.eval()
-            history["checks"].append({"epoch": done, **on_check(done), "state": _state(model)})
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "history": history, "epoch": done}, tmp)
-            tmp.replace(checkpoint)
-    bar.close()
-    model.eval()
-    return history
-
-
-def best_check(history: dict, key: str) -> dict:
-    """The check with the highest ``key`` (earliest on ties); NaN scores never win."""
-    checks = [c for c in history["checks"] if np.isfinite(c.get(key, math.nan))]
-    if not checks:
-        checks = history["checks"]
-    return max(checks, key=lambda c: (c.get(key, -1.0) if np.isfinite(c.get(key, math.nan)) else -1.0, -c["epoch"]))
-
-
-# ----------------------------------------------------------------------------- one dataset, prepared once
-
-
 @dataclass
 class Prepared:
-    """A dataset's validation images (the support pool), test images and text matrix."""
+    """A dataset's validation images (the support pool), test images, text matrix, and normal training images."""
 
     name: str
     val: ImageSet | None
@@ -311,398 +163,534 @@ class Prepared:
     train_normal: ImageSet | None = None
 
 
-def prepare(opener, name: str, backbone, cfg: dict, keep_raw: bool = False, with_val: bool = True) -> Prepared:
-    """Load a dataset's val split (the support pool; skipped with ``with_val=False``), a stratified test
-    subset and, when ``full_normal_images`` is set, normal training images; build its text matrix."""
+def text_for(backbone, dataset: str, texts: dict | None = None) -> torch.Tensor:
+    """The dataset's text matrix (:func:`medad.models.mvfa.text_matrix`), computed once per run when ``texts`` is
+    the run's cache (420 sentences through a CLIP text tower take a minute on a CPU)."""
+    if texts is None:
+        return M.text_matrix(backbone, M.object_name(dataset))
+    if dataset not in texts:
+        texts[dataset] = M.text_matrix(backbone, M.object_name(dataset))
+    return texts[dataset]
+
+
+def prepare(opener, name: str, backbone, cfg, keep_raw: bool = False, with_val: bool = True,
+            full_normal: bool = True, texts: dict | None = None) -> Prepared:
+    """Open a dataset's val split (the support pool; skipped with ``with_val=False``) and a stratified test
+    subset (``test_images``; all when null) and, with ``full_normal`` and ``full_normal_images`` set, normal
+    training images; build its text matrix. The subsets used are recorded through ``opener.note_subset``."""
+    from medad.data.subsets import stratified_subset
+
     pixel = has_masks(name)
-    rng = np.random.default_rng(int(cfg.get("split_seed", 0)))
     val = None
     if with_val:
         val_ds = opener(name, "val")
         val = load_images(val_ds, np.arange(len(val_ds)), backbone, pixel)
     test_ds = opener(name, "test")
-    test_idx = stratified_subset(binary_labels(test_ds), cfg.get("test_images"), rng)
+    test_idx = stratified_subset(binary_labels(test_ds), cfg["test_images"], int(cfg["split_seed"]))
     test = load_images(test_ds, test_idx, backbone, pixel, keep_raw=keep_raw)
+    opener.note_subset(test_ds, test_idx, "all" if len(test_idx) == len(test_ds) else "stratified, split_seed")
     train_normal = None
-    if cfg.get("full_normal_images"):
+    if full_normal and cfg["full_normal_images"]:
         train_ds = opener(name, "train")
         normal = np.flatnonzero(binary_labels(train_ds) == 0)
+        rng = np.random.default_rng(int(cfg["split_seed"]))
         pick = np.sort(rng.choice(normal, size=min(int(cfg["full_normal_images"]), len(normal)), replace=False))
         train_normal = load_images(train_ds, pick, backbone, False)
-    return Prepared(name, val, test, M.text_matrix(backbone, M.object_name(name)), train_normal)
+        opener.note_subset(train_ds, pick, "normal images, split_seed")
+    return Prepared(name, val, test, text_for(backbone, name, texts), train_normal)
 
 
-def subset(ims: ImageSet, idx: Sequence[int]) -> ImageSet:
-    idx = np.asarray(idx, dtype=int)
-    return ImageSet(ims.dataset, ims.images[idx], ims.labels[idx], None if ims.masks is None else ims.masks[idx],
-                    [ims.ids[i] for i in idx] if ims.ids else [], [ims.raw[i] for i in idx] if ims.raw else [])
+# ----------------------------------------------------------------------------- scoring
 
 
-def score(model, ims: ImageSet, text, bank, cfg) -> M.BranchScores:
-    return M.branch_scores(model, ims.images, text, bank, int(cfg["map_size"]), batch=int(cfg.get("eval_batch", 16)),
-                           seg_few=ims.pixel_level, det_few=(not ims.pixel_level) or bool(cfg.get("det_branch", True)))
+class Scorer:
+    """The run's way of scoring a set of images: map size, batch, precision (the network only)."""
+
+    def __init__(self, cfg):
+        self.map_size, self.batch = int(cfg["map_size"]), int(cfg["eval_batch"])
+        self.precision, self.channels_last = cfg["precision"], bool(cfg["channels_last"])
+
+    def __call__(self, model, ims: ImageSet, bank, text, det_few: bool | None = None) -> M.BranchScores:
+        """Both branches at every level; the few-shot branch only where it is scored (seg with masks,
+        det without; ``det_few=True`` adds the det branch of a masked dataset)."""
+        return M.branch_scores(model, ims.images, text, bank, self.map_size, batch=self.batch, seg_few=ims.pixel_level,
+                               det_few=(not ims.pixel_level) or bool(det_few), precision=self.precision,
+                               channels_last=self.channels_last)
+
+    def bank(self, model, images) -> M.MemoryBank:
+        return M.build_memory_bank(model, images, precision=self.precision, channels_last=self.channels_last)
+
+
+def block(dataset: str, setting: str, seed: int, test: ImageSet) -> dict:
+    """A unit's numbers for one (dataset, setting, seed): per-image scores and pixel pairs, added by :func:`add`."""
+    return {"dataset": dataset, "setting": setting, "seed": int(seed), "labels": np.asarray(test.labels),
+            "groups": list(test.groups), "scores": {}, "pixel": {}}
+
+
+def add(blk: dict, method: str, out: M.Combined, test: ImageSet, pixel: bool = True, image: bool = True) -> None:
+    """Record a method's image scores (and, with masks, its pixel pairs) in ``blk``."""
+    if image:
+        blk["scores"][method] = np.asarray(out.image, dtype=np.float64)
+    if pixel and test.pixel_level and out.maps is not None:
+        blk["pixel"][method] = PixelPairs.from_maps(out.maps, test.masks, test.dataset).as_arrays()
 
 
 # ----------------------------------------------------------------------------- few-shot
 
 
 @dataclass
-class FewShotResult:
-    rows: list[dict]
+class FewShotDetails:
+    """What the notebook's figures need from a few-shot unit computed in this process."""
+
     model: M.MVFA
     bank: M.MemoryBank
     test_scores: M.BranchScores
     ref_scores: M.BranchScores
-    history: dict
+    test: ImageSet
 
 
-def few_shot(prep: Prepared, backbone, k: int, seed: int, cfg: dict, *, residual: bool = True,
-             track_test: bool = False, levels=None, checkpoint: Path | None = None, progress: bool = False,
-             method: str = "MVFA") -> FewShotResult:
-    """Train on a K-shot support set of ``prep.val``, select on the rest of val, score the test images."""
-    normal, abnormal = support_indices(prep.val.labels, k, seed, where=f"{prep.name} few-shot")
-    rest = np.setdiff1d(np.arange(len(prep.val)), np.concatenate([normal, abnormal]))
-    pick = stratified_subset(prep.val.labels[rest], cfg.get("select_images"), np.random.default_rng(seed + 1000))
-    sel = subset(prep.val, rest[pick])
-    sup = subset(prep.val, np.concatenate([abnormal, normal]))
+def loop_settings(cfg, steps_per_epoch: int, epochs: int, seed: int, device: str, check_every: int,
+                  track: Sequence[str] = ()) -> LoopSettings:
+    every = lambda n: (n * steps_per_epoch) if n else None  # noqa: E731  (epochs -> steps; 0 = only at the end)
+    steps = epochs * steps_per_epoch
+    if cfg["max_steps"]:  # a rehearsal's cap: a few steps of every unit, then everything after training as usual
+        steps = min(steps, int(cfg["max_steps"]))
+    return LoopSettings(steps=steps, seed=seed, device=device, precision=cfg["precision"],
+                        channels_last=bool(cfg["channels_last"]), validate_every=every(check_every),
+                        checkpoint_every=every(cfg["checkpoint_every"]), select=VAL, mode="max", track=tuple(track))
+
+
+def few_shot(prep: Prepared, backbone, k: int, seed: int, cfg, *, device: str = "cpu", residual: bool = True,
+             official: bool = False, method: str = "MVFA", setting: str | None = None, boxes=None,
+             checkpoint=None, progress: bool = False) -> tuple[dict, FewShotDetails]:
+    """Train on a K-shot support set of ``prep.val``, select on other validation images, score the test images.
+
+    official: also score the test set at every validation and keep the official selection's weights
+              (``check_every`` must then be 1: MVFA-AD scores every epoch)
+    boxes:    black out these boxes in every image (the shortcut check)
+    Returns the unit's value (``{"blocks": [...], "training": ...}``) and the details the figures use.
+    """
+    from medad.data.subsets import stratified_subset
+
+    if official and int(cfg["check_every"]) != 1:
+        raise ConfigError(f"the official checkpoint selection scores the test set every epoch; check_every must be 1 "
+                          f"when official_selection_seeds > 0, got {cfg['check_every']}")
+    val, test = prep.val, prep.test
+    if boxes:
+        val, test = val.blanked(boxes, backbone), test.blanked(boxes, backbone)
+    normal, abnormal = support_indices(val.labels, k, seed, where=f"{prep.name} few-shot")
+    rest = np.setdiff1d(np.arange(len(val)), np.concatenate([normal, abnormal]))
+    sel = val.take(rest[stratified_subset(val.labels[rest], cfg["select_images"], seed + 1000)])
+    sup = val.take(np.concatenate([abnormal, normal]))
     imgs, masks = M.augment_x11(sup.images, sup.masks)
     labels = torch.from_numpy(np.tile(sup.labels, 11))
     normal_aug = imgs[labels == 0]
-    model = M.MVFA(backbone, levels=levels or cfg.get("levels"), residual=residual, seed=seed)
-    data = [TrainData(prep.name, imgs, labels, masks, prep.text)]
-    state = {}
-
-    def on_check(epoch):
-        bank = M.build_memory_bank(model, normal_aug)
-        ref = score(model, sel, prep.text, bank, cfg)
-        res = {"val": summary_metrics(ref, ref, sel, normalisation="test")["image AUC"]}
-        if track_test:
-            res["test"] = summary_metrics(score(model, prep.test, prep.text, bank, cfg), ref, prep.test)["image AUC"]
-        state[epoch] = (bank, ref)
-        return res
-
-    history = train_adapters(model, data, epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
-                             batch_size=int(cfg["batch_size"]), seed=seed, check_every=int(cfg.get("check_every", 0)),
-                             on_check=on_check, checkpoint=checkpoint, progress=progress,
-                             desc=f"{method} {prep.name} K={k} seed {seed}")
-    chosen = best_check(history, "val")
-    model.load_state_dict(chosen["state"])
-    bank, ref = state.get(chosen["epoch"]) or (None, None)
-    if bank is None:  # resumed after this check: rebuild from the saved adapters
-        bank = M.build_memory_bank(model, normal_aug)
-        ref = score(model, sel, prep.text, bank, cfg)
-    test = score(model, prep.test, prep.text, bank, cfg)
-    setting = f"few-shot K={k}"
-    rows = []
-    n = len(prep.test)
-
-    def add(meth, metrics, det: bool = False):
-        for metric, v in metrics.items():
-            if "det branch" not in metric:
-                rows.append(_row(prep.name, setting, meth, metric, v, seed, n))
-            elif det:  # the det adapters' own image score, reported for the main method only
-                rows.append(_row(prep.name, setting, f"{meth}, det branch", "image AUC", v, seed, n))
-
-    add(method, summary_metrics(test, ref, prep.test), det=True)
-    if method == "MVFA":
-        add(f"{method}, test-set min-max", summary_metrics(test, ref, prep.test, normalisation="test"))
-        add(f"{method}, zero-shot branch", summary_metrics(test, ref, prep.test, branch="zero"))
-        add(f"{method}, few-shot branch", summary_metrics(test, ref, prep.test, branch="few"))
+    model = M.MVFA(backbone, levels=cfg["levels"], residual=residual, seed=seed)
+    score = Scorer(cfg)
+    epochs = int(cfg["epochs"])
+    task = FewShotTask(model, TrainData(prep.name, imgs, labels, masks, prep.text), bank_images=normal_aug, val=sel,
+                       test=test if official else None, score=score, lr=float(cfg["lr"]),
+                       batch_size=int(cfg["batch_size"]), precision=cfg["precision"],
+                       name=f"{method} {prep.name} K={k} seed {seed}",
+                       options={"k": k, "seed": seed, "boxes": [list(b) for b in boxes or ()]})
+    settings = loop_settings(cfg, task.steps_per_epoch(), epochs, seed, device, int(cfg["check_every"]),
+                             track=(OFFICIAL,) if official else ())
+    result = fit(task, settings, checkpoint=checkpoint, progress=progress)
+    bank = score.bank(model, normal_aug)
+    ref = score(model, sel, bank, prep.text)
+    scores = score(model, test, bank, prep.text, det_few=bool(cfg["det_branch"]))
+    blk = block(prep.name, setting or f"few-shot K={k}", seed, test)
+    add(blk, method, M.combine(scores, ref, test.pixel_level), test)
+    if method == "MVFA" and not boxes:
+        if test.pixel_level and cfg["det_branch"]:  # the det adapters' own image score of a masked dataset
+            blk["scores"]["MVFA, det branch"] = M.combine(scores, ref, True).det_image.astype(np.float64)
+        add(blk, "MVFA, test-set min-max", M.combine(scores, None, test.pixel_level, normalisation="test"), test)
+        add(blk, "MVFA, zero-shot branch", M.combine(scores, ref, test.pixel_level, branch="zero"), test)
+        add(blk, "MVFA, few-shot branch", M.combine(scores, ref, test.pixel_level, branch="few"), test)
         for li, s in enumerate(model.levels):
-            add(f"{method}, level {s} only", summary_metrics(test.levels([li]), ref.levels([li]), prep.test))
-        if track_test:
-            worst = best_check(history, "test")
-            rows.append(_row(prep.name, setting, f"{method}, checkpoint chosen on test", "image AUC", worst["test"], seed, n))
-            rows.append(_row(prep.name, setting, f"{method}, checkpoint chosen on validation (same run)", "image AUC",
-                             chosen.get("test", math.nan), seed, n))
-    for c in history["checks"]:
-        c.pop("state", None)
-    return FewShotResult(rows, model, bank, test, ref, history)
-
-
-def _row(dataset, setting, method, metric, value, seed, n) -> dict:
-    return {"dataset": dataset, "setting": setting, "method": method, "metric": metric, "value": float(value),
-            "seed": int(seed), "n": int(n)}
+            add(blk, f"MVFA, level {s} only", M.combine(scores.levels([li]), ref.levels([li]), test.pixel_level), test)
+    elif method == "MVFA":  # the shortcut check: MVFA and its zero-shot branch alone (the text side sees no box)
+        add(blk, "MVFA, zero-shot branch", M.combine(scores, ref, test.pixel_level, branch="zero"), test)
+    training = {**result.summary(), "validations": result.validations, "loss": [h["loss"] for h in result.history]}
+    if official:  # both selections scored alike: test-set min-max, the same run's weights
+        add(blk, "MVFA, checkpoint chosen on validation (same run)",
+            M.combine(scores, None, test.pixel_level, normalisation="test"), test)
+        selected = {name: v.detach().clone() for name, v in model.state_dict().items()}
+        model.load_state_dict(result.best_states[OFFICIAL])
+        leaked = score(model, test, score.bank(model, normal_aug), prep.text)
+        add(blk, "MVFA, checkpoint chosen on test (official)",
+            M.combine(leaked, None, test.pixel_level, normalisation="test"), test)
+        model.load_state_dict(selected)
+        training["official"] = {"validations": len(result.validations), "best": result.best}
+    return {"blocks": [blk], "training": training}, FewShotDetails(model, bank, scores, ref, test)
 
 
 # ----------------------------------------------------------------------------- baselines without training
 
 
-def frozen_baselines(prep: Prepared, backbone, k: int, seeds: Sequence[int], cfg: dict) -> list[dict]:
+def frozen_baselines(prep: Prepared, backbone, k: int, seeds: Sequence[int], cfg) -> dict:
     """WinCLIP-style zero-shot (frozen tokens vs text), PatchCore-style K-shot and full-normal-shot memory banks."""
-    frozen = M.FrozenTokens(backbone, levels=cfg.get("levels"))
-    n = len(prep.test)
-    rows = []
-    zero = score(frozen, prep.test, prep.text, None, cfg)
-    for metric, v in summary_metrics(zero, None, prep.test, branch="zero", normalisation="test").items():
-        if not metric.startswith("image AUC, det"):
-            rows.append(_row(prep.name, "zero-shot", "WinCLIP-style (frozen, text)", metric, v, 0, n))
+    frozen = M.FrozenTokens(backbone, levels=cfg["levels"])
+    score, test = Scorer(cfg), prep.test
+    blocks = []
+    zero = block(prep.name, "zero-shot", 0, test)
+    add(zero, "WinCLIP-style (frozen, text)", M.combine(score(frozen, test, None, prep.text), None, test.pixel_level,
+                                                         branch="zero", normalisation="test"), test)
+    blocks.append(zero)
     for seed in seeds:
-        normal, abnormal = support_indices(prep.val.labels, k, seed, where=f"{prep.name} few-shot")
+        normal, _ = support_indices(prep.val.labels, k, seed, where=f"{prep.name} few-shot")
         imgs, _ = M.augment_x11(prep.val.images[normal])
-        bank = M.build_memory_bank(frozen, imgs)
-        test = score(frozen, prep.test, prep.text, bank, cfg)
-        for metric, v in summary_metrics(test, None, prep.test, branch="few", normalisation="test").items():
-            if not metric.startswith("image AUC, det"):
-                rows.append(_row(prep.name, f"few-shot K={k}", "PatchCore-style (frozen memory bank)", metric, v, seed, n))
+        out = M.combine(score(frozen, test, score.bank(frozen, imgs), prep.text), None, test.pixel_level, branch="few",
+                        normalisation="test")
+        blk = block(prep.name, f"few-shot K={k}", seed, test)
+        add(blk, "PatchCore-style (frozen memory bank)", out, test)
+        blocks.append(blk)
     if prep.train_normal is not None:
-        bank = M.build_memory_bank(frozen, prep.train_normal.images)
-        test = score(frozen, prep.test, prep.text, bank, cfg)
-        for metric, v in summary_metrics(test, None, prep.test, branch="few", normalisation="test").items():
-            if not metric.startswith("image AUC, det"):
-                rows.append(_row(prep.name, f"full-normal ({len(prep.train_normal)} images)",
-                                 "PatchCore-style (frozen memory bank)", metric, v, 0, n))
-    return rows
+        out = M.combine(score(frozen, test, score.bank(frozen, prep.train_normal.images), prep.text), None,
+                        test.pixel_level, branch="few", normalisation="test")
+        blk = block(prep.name, f"full-normal ({len(prep.train_normal)} images)", 0, test)
+        add(blk, "PatchCore-style (frozen memory bank)", out, test)
+        blocks.append(blk)
+    return {"blocks": blocks}
 
 
 # ----------------------------------------------------------------------------- zero-shot, leave one out
 
 
-def zero_shot_training_data(opener, sources: Sequence[str], backbone, cfg: dict, seed: int
+def zero_shot_training_data(opener, sources: Sequence[str], backbone, cfg, seed: int, texts: dict | None = None
                             ) -> tuple[list[TrainData], list[tuple[ImageSet, torch.Tensor]]]:
     """Per source dataset: a balanced training sample (train split, or val where train lacks a class) and
     disjoint validation images for checkpoint selection (from val)."""
+    from medad.data.subsets import stratified_subset
+
     n = int(cfg["zero_train_per_class"])
     rng = np.random.default_rng(seed)
     train, select = [], []
     for name in sources:
         pixel = has_masks(name)
-        text = M.text_matrix(backbone, M.object_name(name))
+        text = text_for(backbone, name, texts)
         tr_ds, va_ds = opener(name, "train"), opener(name, "val")
         tr_lab, va_lab = binary_labels(tr_ds), binary_labels(va_ds)
-        parts, used_val = [], []
+        parts, used_val, used_train = [], [], []
         for c in (0, 1):
             pool = np.flatnonzero(tr_lab == c)
-            ds, lab = (tr_ds, tr_lab) if len(pool) else (va_ds, va_lab)
-            if not len(pool):
+            if len(pool):
+                pick = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+                used_train += pick.tolist()
+                parts.append(load_images(tr_ds, pick, backbone, pixel))
+            else:  # the split has no image of this class (LGG's train is normal only): half of val's, at most n
                 pool = np.flatnonzero(va_lab == c)
-                pick = rng.choice(pool, size=min(n, len(pool) // 2), replace=False)
+                pick = np.sort(rng.choice(pool, size=min(n, len(pool) // 2), replace=False))
                 used_val += pick.tolist()
-            else:
-                pick = rng.choice(pool, size=min(n, len(pool)), replace=False)
-            parts.append(load_images(ds, np.sort(pick), backbone, pixel))
+                parts.append(load_images(va_ds, pick, backbone, pixel))
         images = torch.cat([p.images for p in parts])
         labels = torch.from_numpy(np.concatenate([p.labels for p in parts]))
         masks = torch.cat([p.masks for p in parts]) if pixel else None
         train.append(TrainData(name, images, labels, masks, text))
-        sel_idx = stratified_subset(va_lab, cfg.get("zero_select_per_dataset"), rng, exclude=used_val)
+        sel_idx = stratified_subset(va_lab, cfg["zero_select_per_dataset"], rng, exclude=used_val)
         select.append((load_images(va_ds, sel_idx, backbone, pixel), text))
+        opener.note_subset(tr_ds, used_train, f"at most {n} per class, seeded")
+        opener.note_subset(va_ds, len(used_val) + len(sel_idx), "zero-shot training where train lacks a class, and selection")
     return train, select
 
 
-def zero_shot_loo(opener, held_out: str, pool: Sequence[str], backbone, cfg: dict, seed: int,
-                  checkpoint: Path | None = None, progress: bool = False,
-                  test: ImageSet | None = None, test_text: torch.Tensor | None = None) -> tuple[list[dict], M.MVFA]:
-    """Adapters trained on ``pool`` minus ``held_out``; tested on ``held_out`` (zero-shot branch only)."""
-    check_datasets(list(pool) + [held_out], "zero-shot leave-one-out")
+def zero_shot(opener, held_out: str, pool: Sequence[str], backbone, cfg, seed: int, *, device: str = "cpu",
+              checkpoint=None, progress: bool = False, test: Prepared | None = None, texts: dict | None = None) -> dict:
+    """Adapters trained on ``pool`` minus ``held_out``; tested on ``held_out`` (zero-shot branch only).
+
+    The held-out dataset is opened only after training, and only its test split (``test``: already prepared).
+    """
     sources = [d for d in pool if d != held_out]
     if not sources:
         raise ConfigError(f"zero-shot leave-one-out on {held_out!r} needs at least one other dataset to train on")
-    train, select = zero_shot_training_data(opener, sources, backbone, cfg, seed)
-    model = M.MVFA(backbone, levels=cfg.get("levels"), seed=seed)
-
-    def on_check(epoch):
-        aucs = [summary_metrics(score(model, ims, text, None, cfg), None, ims, branch="zero", normalisation="test")["image AUC"]
-                for ims, text in select]
-        return {"val": float(np.nanmean(aucs))}
-
-    hist = train_adapters(model, train, epochs=int(cfg["zero_epochs"]), lr=float(cfg["zero_lr"]),
-                          batch_size=int(cfg["batch_size"]), seed=seed, check_every=int(cfg.get("zero_check_every", 0)),
-                          on_check=on_check, checkpoint=checkpoint, progress=progress, desc=f"zero-shot, {held_out} held out")
-    model.load_state_dict(best_check(hist, "val")["state"])
-    if test is None:  # the held-out dataset is opened only now, after training
-        p = prepare(opener, held_out, backbone, {**cfg, "full_normal_images": None}, with_val=False)
-        test, test_text = p.test, p.text
-    scores = score(model, test, test_text, None, cfg)
-    metrics = summary_metrics(scores, None, test, branch="zero", normalisation="test")
-    rows = [_row(held_out, "zero-shot", "MVFA", m, v, seed, len(test)) for m, v in metrics.items() if "det branch" not in m]
-    return rows, model
-
-
-# ----------------------------------------------------------------------------- tidy table
+    train, select = zero_shot_training_data(opener, sources, backbone, cfg, seed, texts)
+    model = M.MVFA(backbone, levels=cfg["levels"], seed=seed)
+    score = Scorer(cfg)
+    task = ZeroShotTask(model, train, select=select, score=score, lr=float(cfg["zero_lr"]),
+                        batch_size=int(cfg["batch_size"]), precision=cfg["precision"],
+                        name=f"zero-shot, {held_out} held out, seed {seed}",
+                        options={"held_out": held_out, "seed": seed, "per_class": int(cfg["zero_train_per_class"])})
+    settings = loop_settings(cfg, task.steps_per_epoch(), int(cfg["zero_epochs"]), seed, device,
+                             int(cfg["zero_check_every"]))
+    result = fit(task, settings, checkpoint=checkpoint, progress=progress)
+    if test is None:
+        test = prepare(opener, held_out, backbone, cfg, with_val=False, full_normal=False, texts=texts)
+    ims = test.test
+    blk = block(held_out, "zero-shot", seed, ims)
+    add(blk, "MVFA", M.combine(score(model, ims, None, test.text), None, ims.pixel_level, branch="zero",
+                               normalisation="test"), ims)
+    return {"blocks": [blk], "training": {**result.summary(), "validations": result.validations,
+                                          "sources": sources, "per_class": int(cfg["zero_train_per_class"])}}
 
 
-def tidy(rows: Sequence[dict]) -> "pandas.DataFrame":
-    """Per-seed rows -> one row per (dataset, setting, method, metric): mean and 95% t-interval over seeds,
-    plus the average over datasets where every dataset has the number."""
-    import pandas as pd
-
-    from medad.results import rows_over_seeds
-
-    df = pd.DataFrame(list(rows))
-    out = []
-    for (d, s, m, met), g in df.groupby(["dataset", "setting", "method", "metric"], sort=False):
-        out.append(rows_over_seeds(d, s, m, met, g["value"].tolist(), int(g["n"].iloc[0])))
-    table = pd.DataFrame(out)
-    avg = []
-    datasets = table["dataset"].unique()
-    for (s, m, met), g in table.groupby(["setting", "method", "metric"], sort=False):
-        if len(g) > 1 and set(g["dataset"]) == set(d for d in datasets if met != "pixel AUC" or d in PIXEL_DATASETS):
-            avg.append({"dataset": "average", "setting": s, "method": m, "metric": met, "value": float(g["value"].mean()),
-                        "ci_low": math.nan, "ci_high": math.nan, "seeds": int(g["seeds"].min()), "n": int(g["n"].sum())})
-    return pd.concat([table, pd.DataFrame(avg)], ignore_index=True) if avg else table
+# ----------------------------------------------------------------------------- the table
 
 
-# ----------------------------------------------------------------------------- long run (command line)
+def _seed_values(blocks: list[dict], method: str, metric: str) -> dict[int, float]:
+    out = {}
+    for b in blocks:
+        if metric == "image AUC" and method in b["scores"]:
+            out[b["seed"]] = image_auc(b["labels"], b["scores"][method])
+        elif metric == "pixel AUC" and method in b["pixel"]:
+            out[b["seed"]] = PixelPairs(**b["pixel"][method]).auc()
+    return out
 
 
-def code_digest() -> str:
-    """SHA-256 of the chapter's own code and profile (the run may start before they are committed)."""
-    return provenance.files_digest(["medad/models/mvfa.py", "medad/train/mvfa_experiment.py", f"medad/profiles/{CHAPTER}.yml"])
+def table_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
+    """Tidy rows from every finished unit: one per (dataset, setting, method, metric), over seeds, plus averages.
+
+    A row's value is the mean over seeds of the metric on the whole test set; its interval a 95% bootstrap over
+    test images (patients where the dataset has them), every seed scored on the same resample; ``seed_sd`` the
+    seeds' s.d. An "average" row (datasets where every dataset has the number, the pixel datasets for pixel AUC)
+    is the mean over datasets, its s.d. over seeds of the per-seed averages; it has no interval.
+    """
+    from medad.results import rows_from_predictions, rows_over_seeds
+
+    groups: dict[tuple, list[dict]] = {}
+    for value in units.values():
+        for b in value["blocks"]:
+            for metric, key in (("image AUC", "scores"), ("pixel AUC", "pixel")):
+                for method in b[key]:
+                    groups.setdefault((b["dataset"], b["setting"], method, metric), []).append(b)
+    rows, per_seed = [], {}
+    for (dataset, setting, method, metric), blocks in groups.items():
+        blocks = sorted(blocks, key=lambda b: b["seed"])
+        grp = blocks[0]["groups"] or None
+        if metric == "image AUC":
+            stat, arrays = image_auc, [(b["labels"], b["scores"][method]) for b in blocks]
+        else:
+            stat, arrays = pixel_auc_statistic([PixelPairs(**b["pixel"][method]) for b in blocks])
+        rows.append(rows_from_predictions(dataset, setting, f"{method} [{label}]", metric, stat, arrays, groups=grp,
+                                          n_boot=n_boot, seed=0))
+        per_seed[(dataset, setting, method, metric)] = _seed_values(blocks, method, metric)
+    rows += paired_rows(units, label, n_boot)
+    datasets = list(dict.fromkeys(d for d, *_ in groups))
+    for setting, method, metric in dict.fromkeys((s, m, met) for _, s, m, met in groups):
+        wanted = [d for d in datasets if metric != "pixel AUC" or has_masks(d)]
+        have = [per_seed.get((d, setting, method, metric)) for d in wanted]
+        if len(wanted) < 2 or any(h is None for h in have):
+            continue
+        seeds = sorted(set.intersection(*(set(h) for h in have)))
+        if not seeds:
+            continue
+        averages = [float(np.mean([h[s] for h in have])) for s in seeds]
+        n = sum(len(groups[(d, setting, method, metric)][0]["labels"]) for d in wanted)
+        rows.append(rows_over_seeds("average", setting, f"{method} [{label}]", metric, averages, n))
+    return rows
 
 
-def load_backbone_for(cfg: dict, device: str = "cpu"):
-    """The profile's backbone; real CLIP without weights is a clear WeightsNotFound, never a random model."""
+# Paired differences (the same test images, the same seeds): (method, method it is compared with)
+PAIRED = (("MVFA", "projector-only (April-GAN-style)"), ("MVFA", "MVFA, zero-shot branch"),
+          ("MVFA", "MVFA, few-shot branch"), ("MVFA", "PatchCore-style (frozen memory bank)"),
+          ("MVFA, checkpoint chosen on test (official)", "MVFA, checkpoint chosen on validation (same run)"))
+MASKED = ", overlay boxes masked"  # the shortcut check's setting suffix: compared with the clean setting's MVFA
+
+
+def paired_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
+    """Rows ``A minus B`` of the same test images and seeds: the mean over seeds of the difference, and its 95%
+    bootstrap interval over test images (both scored on each resample), for image and pixel AUC.
+
+    Pairs: :data:`PAIRED` within a setting, each single level against MVFA, and, for the shortcut check,
+    MVFA on the clean images minus MVFA with the overlay boxes masked (same images, boxes blacked out).
+    """
+    from medad.results import rows_from_predictions
+
+    merged: dict[tuple, dict] = {}  # (dataset, setting, seed) -> every method's numbers
+    for value in units.values():
+        for b in value["blocks"]:
+            entry = merged.setdefault((b["dataset"], b["setting"], b["seed"]),
+                                      {"labels": b["labels"], "groups": b["groups"], "scores": {}, "pixel": {}})
+            entry["scores"].update(b["scores"])
+            entry["pixel"].update(b["pixel"])
+    specs = []  # (dataset, row setting, (setting a, method a), (setting b, method b), row method)
+    for dataset, setting in dict.fromkeys((d, s) for d, s, _ in merged):
+        methods = {m for (d, s, _), e in merged.items() if (d, s) == (dataset, setting) for m in e["scores"]}
+        pairs = list(PAIRED) + [("MVFA", m) for m in sorted(methods) if m.startswith("MVFA, level ")]
+        specs += [(dataset, setting, (setting, a), (setting, b), f"{a} minus {b}") for a, b in pairs]
+        if setting.endswith(MASKED):
+            specs.append((dataset, setting, (setting.removesuffix(MASKED), "MVFA"), (setting, "MVFA"),
+                          "MVFA on clean images minus MVFA"))
+    rows = []
+    for dataset, setting, (sa, ma), (sb, mb), name in specs:
+        seeds = sorted(seed for (d, s, seed) in merged if (d, s) == (dataset, sa) and (dataset, sb, seed) in merged)
+        for metric, key in (("image AUC", "scores"), ("pixel AUC", "pixel")):
+            both = [(merged[(dataset, sa, x)], merged[(dataset, sb, x)]) for x in seeds]
+            both = [(a, b) for a, b in both if ma in a[key] and mb in b[key]]
+            if not both:
+                continue
+            if metric == "image AUC":
+                stat = lambda y, u, v: image_auc(y, u) - image_auc(y, v)  # noqa: E731
+                arrays = [(a["labels"], a["scores"][ma], b["scores"][mb]) for a, b in both]
+            else:
+                first, second = ([PixelPairs(**e[key][m]) for e in side] for side, m in
+                                 (([a for a, _ in both], ma), ([b for _, b in both], mb)))
+                stat_a, arrays = pixel_auc_statistic(first)
+                stat_b, _ = pixel_auc_statistic(second)
+                stat = lambda keys, f=stat_a, g=stat_b: f(keys) - g(keys)  # noqa: E731
+            rows.append(rows_from_predictions(dataset, setting, f"{name} [{label}]", metric, stat, arrays,
+                                              groups=both[0][0]["groups"] or None, n_boot=n_boot, seed=0))
+    return rows
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def load_backbone_for(cfg, device: str = "cpu"):
+    """The profile's backbone under its ``protocol``; real CLIP without weights is a clear WeightsNotFound
+    (``weights: random`` builds it with random weights, for a rehearsal only)."""
     import warnings
 
     from medad.backbones import get_spec, load_backbone
 
-    name = cfg["backbone"]
-    spec = get_spec(name)
-    opts = {"image_size": int(cfg["image_size"]), "resize": "squash"}
+    spec = get_spec(cfg["backbone"])
+    opts = {"image_size": int(cfg["image_size"]), "resize": "squash", "protocol": cfg["protocol"]}
     if spec.family != "standin":
-        opts["pretrained"] = cfg.get("weights") or True
-    if cfg.get("levels"):
+        opts["pretrained"] = None if cfg["weights"] == "random" else (cfg["weights"] or True)
+    if cfg["levels"]:
         opts["levels"] = tuple(cfg["levels"])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the stand-in's own notice; it is named STAND-IN in every table
-        return load_backbone(name, device=device, **opts)
+        warnings.simplefilter("ignore")  # the stand-in's (or random weights') notice: named in every table instead
+        return load_backbone(cfg["backbone"], device=device, **opts)
 
 
-def method_label(backbone) -> str:
-    return "STAND-IN" if backbone.is_standin else backbone.name
+def method_label(backbone, cfg) -> str:
+    if backbone.is_standin:
+        return "STAND-IN"
+    return f"{backbone.name}, random weights" if cfg["weights"] == "random" else backbone.name
 
 
-def run_long(profile: str, data_dir, name: str, threads: int, device: str | None, out_root: Path,
-             checkpoint_root: Path, stages: Sequence[str] | None = None) -> Path:
-    """Every stage of ``profile``; the tidy table is rewritten after each finished unit, so a stopped run leaves
-    what it finished, and a rerun with the same name skips finished units and resumes the current one."""
-    import pandas as pd
+def plan(cfg, stages: Sequence[str]) -> list[tuple[str, str, object]]:
+    """(stage, dataset, seed or (K, seed)) in the order they run: the first seed and the baselines first, so
+    a run stopped early still has a comparison."""
+    datasets, seeds = list(cfg["datasets"]), [int(s) for s in cfg["seeds"]]
+    out = []
+    if "few_shot" in stages:
+        out += [("few_shot", d, seeds[0]) for d in datasets]
+    if "baselines" in stages:
+        out += [("baselines", d, None) for d in datasets]
+    if "few_shot" in stages:
+        out += [("few_shot", d, s) for s in seeds[1:] for d in datasets]
+    if "projector" in stages:
+        out += [("projector", d, s) for s in seeds[: int(cfg["projector_seeds"])] for d in datasets]
+    if "shortcut" in stages:
+        out += [("shortcut", d, s) for s in seeds for d in datasets if d in shortcut_boxes()]
+    if "zero_shot" in stages:
+        out += [("zero_shot", d, s) for s in seeds[: int(cfg["zero_seeds"])] for d in datasets]
+    if "k_curve" in stages:
+        out += [("k_curve", d, (kk, s)) for kk in cfg["k_curve"] for s in seeds[: int(cfg["k_curve_seeds"])]
+                for d in datasets if kk != int(cfg["k"])]
+    return out
 
-    import medad.profiles as profiles
-    from medad import provenance
-    from medad.results import write_run
-    from medad.runtime import device_description, resolve_device, seed_everything
+
+def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = True, stages: Sequence[str] | None = None,
+                   keep_raw: bool = False) -> dict:
+    """The chapter's runs (``stages``, default the profile's), each unit stored in ``state``; returns
+    ``units`` (every finished unit of the run, earlier invocations' included), ``rows`` (the tidy table),
+    ``prepared`` (the datasets read in this call), ``details`` (few-shot units computed in this call:
+    models and scores for the figures), ``backbone`` and ``label``."""
     from tqdm.auto import tqdm
 
-    torch.set_num_threads(threads)
-    cfg = profiles.resolve_named(CHAPTER, profile)  # validated against the schema in medad/profiles/mvfa.yml
-    dev = resolve_device(device or cfg.get("device", "cpu"))
-    seed_everything(int(cfg.get("seed", 0)))
-    datasets = check_datasets(cfg["datasets"])
-    stages = list(stages or cfg.get("stages") or ("few_shot", "baselines", "projector", "zero_shot"))
-    started, t0, digest, commit = provenance.now_utc(), time.perf_counter(), code_digest(), provenance.git_commit()
-    ckpt = checkpoint_root / name
-    ckpt.mkdir(parents=True, exist_ok=True)
-    units_file = ckpt / "units.json"
-    units: dict = json.loads(units_file.read_text()) if units_file.is_file() else {}
-    opener = RecordingOpener(data_dir)
-    backbone = load_backbone_for(cfg, dev)
-    label = method_label(backbone)
-    seeds, k = [int(s) for s in cfg["seeds"]], int(cfg["k"])
+    stages = list(stages or cfg["stages"])
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    backbone = load_backbone_for(cfg, device)
+    label = method_label(backbone, cfg)
+    k, seeds = int(cfg["k"]), [int(s) for s in cfg["seeds"]]
+    official = set(seeds[: int(cfg["official_selection_seeds"])])
+    prepared: dict[str, Prepared] = {}
+    details: dict[str, FewShotDetails] = {}
+    texts: dict[str, torch.Tensor] = {}
 
-    def write():
-        rows = [r for v in units.values() for r in v]
-        if not rows:
-            return
-        table = tidy(rows)
-        table["method"] = table["method"] + f" [{label}]"
-        done_stages = list(dict.fromkeys(key.split("/")[0] for key in units))  # over every invocation of this run
-        prov = {"kind": "long-cpu" if dev == "cpu" else "gpu-full", "schedule": schedule(cfg, done_stages),
-                "commit": commit, "code_sha256": digest,  # HEAD when the run started: the code that ran
-                "profile": profile, "backbone": backbone.name,
-                "backbone_weights": backbone.weights_source, "stand_in": backbone.is_standin,
-                "device": device_description(dev), "threads": threads, "started": started, "finished": provenance.now_utc(),
-                "seconds": round(time.perf_counter() - t0, 1), "data": opener.provenance(),
-                "units_done": sorted(units), "config": cfg, "environment": provenance.environment(),
-                "command": f"python -m medad.train.mvfa_experiment --profile {profile} --name {name} --threads {threads}"}
-        previous = out_root / name / "provenance.json"
-        if previous.is_file():  # a later invocation (e.g. --stages k_curve) keeps the record of the earlier ones
-            before = json.loads(previous.read_text())
-            earlier = [i for i in before.get("invocations", [{k: before.get(k) for k in
-                                                              ("commit", "code_sha256", "started", "finished", "seconds")}])
-                       if i.get("started") != started]
-            prov["invocations"] = earlier + [{k: prov[k] for k in ("commit", "code_sha256", "started", "finished", "seconds")}]
-            prov["started"] = min(i["started"] for i in prov["invocations"])
-            prov["seconds"] = round(sum(float(i.get("seconds") or 0) for i in prov["invocations"]), 1)
-        write_run(CHAPTER, name, table, prov, root=out_root.parent)
-        pd.DataFrame(rows).to_csv(ckpt / "per_seed.csv", index=False)
+    def prep(d: str) -> Prepared:
+        if d not in prepared:
+            prepared[d] = prepare(opener, d, backbone, cfg, keep_raw=keep_raw, texts=texts)
+        return prepared[d]
 
-    def unit(key, fn):
-        if key in units:
-            return
-        units[key] = fn()
-        units_file.write_text(json.dumps(units, indent=0))
-        write()
-        for f in ckpt.glob(key.replace("/", "-") + ".pt"):
-            f.unlink()  # adapters and optimiser of a finished unit are not needed again (tens of MB)
+    def few(key, d, kk, s, **kw):
+        value, det = few_shot(prep(d), backbone, kk, s, cfg, device=device, checkpoint=state.checkpoint(key),
+                              progress=progress, **kw)
+        details[key] = det
+        return value
 
-    preps: dict[str, Prepared] = {}
-
-    def prep(d):
-        if d not in preps:
-            preps[d] = prepare(opener, d, backbone, cfg)
-        return preps[d]
-
-    plan = []  # the first seed and the baselines first, so a run stopped early still has a comparison
-    if "few_shot" in stages:
-        plan += [("few_shot", d, seeds[0]) for d in datasets]
-    if "baselines" in stages:
-        plan += [("baselines", d, None) for d in datasets]
-    if "few_shot" in stages:
-        plan += [("few_shot", d, s) for s in seeds[1:] for d in datasets]
-    if "projector" in stages:
-        plan += [("projector", d, s) for s in seeds[: int(cfg.get("projector_seeds", 1))] for d in datasets]
-    if "zero_shot" in stages:
-        plan += [("zero_shot", d, s) for s in seeds[: int(cfg.get("zero_seeds", 1))] for d in datasets]
-    if "k_curve" in stages:
-        plan += [("k_curve", d, (kk, s)) for kk in cfg.get("k_curve", []) for s in seeds[:1] for d in datasets]
-    for stage, d, s in tqdm(plan, desc="MVFA long run"):
-        key = f"{stage}/{d}/{s}"
+    todo = plan(cfg, stages)
+    for stage, d, s in tqdm(todo, desc="MVFA units", disable=not progress or len(todo) < 2):
+        key = f"{stage}/{d}/{s if stage != 'k_curve' else f'K={s[0]}/{s[1]}'}"
         if stage == "few_shot":
-            unit(key, lambda: few_shot(prep(d), backbone, k, s, cfg, track_test=(s == seeds[0]),
-                                       checkpoint=ckpt / f"{stage}-{d}-{s}.pt", progress=True).rows)
+            state.unit(key, lambda: few(key, d, k, s, official=s in official), keep_checkpoint=False)
         elif stage == "baselines":
-            unit(key, lambda: frozen_baselines(prep(d), backbone, k, seeds, cfg))
+            state.unit(key, lambda: frozen_baselines(prep(d), backbone, k, seeds, cfg))
         elif stage == "projector":
-            unit(key, lambda: few_shot(prep(d), backbone, k, s, cfg, residual=False, method="projector-only (April-GAN-style)",
-                                       checkpoint=ckpt / f"{stage}-{d}-{s}.pt", progress=True).rows)
+            state.unit(key, lambda: few(key, d, k, s, residual=False, method="projector-only (April-GAN-style)"),
+                       keep_checkpoint=False)
+        elif stage == "shortcut":
+            state.unit(key, lambda: few(key, d, k, s, boxes=shortcut_boxes()[d], setting=f"few-shot K={k}, overlay boxes masked"),
+                       keep_checkpoint=False)
         elif stage == "zero_shot":
-            unit(key, lambda: zero_shot_loo(opener, d, datasets, backbone, cfg, s, checkpoint=ckpt / f"{stage}-{d}-{s}.pt",
-                                            progress=True)[0])
+            state.unit(key, lambda: zero_shot(opener, d, cfg["datasets"], backbone, cfg, s, device=device,
+                                              checkpoint=state.checkpoint(key), progress=progress,
+                                              test=prepared.get(d), texts=texts), keep_checkpoint=False)
         elif stage == "k_curve":
-            kk, ss = s
-            unit(key, lambda: [r for r in few_shot(prep(d), backbone, kk, ss, cfg, checkpoint=ckpt / f"{stage}-{d}-{s}.pt",
-                                                   progress=True).rows if r["method"] == "MVFA"])
-    write()
-    return out_root / name
+            state.unit(key, lambda: _only(few(key, d, s[0], s[1]), "MVFA"), keep_checkpoint=False)
+    units = {key: state.get(key) for key in state.finished_units()}
+    return {"units": units, "rows": table_rows(units, label, int(cfg["n_boot"])), "prepared": prepared,
+            "details": details, "backbone": backbone, "label": label}
 
 
-def schedule(cfg: dict, stages: Sequence[str]) -> str:
-    return (f"STAND-IN at {cfg['image_size']} px, K={cfg['k']}, seeds {','.join(map(str, cfg['seeds']))}, "
-            f"{cfg['epochs']} epochs x {cfg['batch_size']}-image batches, {cfg.get('test_images') or 'all'} test images "
-            f"per dataset; stages: {', '.join(stages)}")
+def _only(value: dict, method: str) -> dict:
+    """A unit keeping one method's numbers (the K curve needs MVFA's alone)."""
+    for b in value["blocks"]:
+        b["scores"] = {m: v for m, v in b["scores"].items() if m == method}
+        b["pixel"] = {m: v for m, v in b["pixel"].items() if m == method}
+    return value
 
 
-@command_line("python -m medad.train.mvfa_experiment", on_interrupt="finished units are kept; to resume, rerun")
+# ----------------------------------------------------------------------------- the committed run
+
+
+def schedule_text(cfg, units: dict, threads: int) -> str:
+    """The run's size in a few words, from its own parameters and finished units."""
+    done = list(dict.fromkeys(key.split("/")[0] for key in units))
+    return (f"{'STAND-IN' if 'standin' in cfg['backbone'] else cfg['backbone']} at {cfg['image_size']} px "
+            f"({cfg['protocol']} protocol), K={cfg['k']}, seeds {','.join(map(str, cfg['seeds']))}, {cfg['epochs']} epochs "
+            f"x {cfg['batch_size']}-image batches, {cfg['test_images'] or 'all'} test images per dataset, "
+            f"{threads} CPU thread(s); stages: {', '.join(done)}")
+
+
+def write_committed(record, out: dict) -> "Path":
+    """``results/mvfa/<name>/``: table.csv and provenance.json (with the backbone, its protocol, and each unit's training)."""
+    from medad.experiment.precision import describe
+
+    cfg, backbone = record.config, out["backbone"]
+    training = {key: value.get("training") for key, value in out["units"].items() if value.get("training")}
+    extra = {"backbone": backbone.name, "backbone_weights": backbone.weights_source, "stand_in": backbone.is_standin,
+             "protocol": backbone.protocol, "protocol_description": backbone.protocol_description(),
+             "units_done": sorted(out["units"]), "training": _small(training)}
+    return record.write(out["rows"], schedule_text(cfg, out["units"], record.threads),
+                        precision=describe(cfg["precision"], cfg["channels_last"]), extra=extra)
+
+
+def _small(training: dict) -> dict:
+    """Per unit: steps, seconds, the best validation (and official) scores, the loss per epoch, kept short."""
+    keep = ("steps", "epochs", "seconds", "stopped_by", "best", "official", "sources", "per_class")
+    return {k: {**{kk: v[kk] for kk in keep if kk in v}, "loss": [round(x, 5) for x in v.get("loss", [])]}
+            for k, v in training.items()}
+
+
 def main(argv=None) -> None:
-    from medad.paths import REPO_ROOT, RESULTS_DIR
+    ap = cli.parser(CHAPTER, "MVFA chapter runs: few-shot, baselines, ablations, shortcut check, zero-shot "
+                             "leave-one-out, AUC against K; writes results/mvfa/<name>/", datasets=True)
+    ap.add_argument("--stages", default=None, help=f"comma-separated subset of: {', '.join(STAGES)} "
+                                                   "(default: the profile's); later invocations may add stages")
+    ns = ap.parse_args(argv)
+    stages = cli.name_list(ns.stages, "--stages")
+    record = cli.make_record(CHAPTER, ns, code_files=CODE_FILES, overrides={"stages": stages}, resumable=("stages",))
+    out = run_experiment(record.config, record.opener, record.state, record.device, progress=True)
+    print(f"results written to {write_committed(record, out)}")
 
-    ap = argparse.ArgumentParser(description="MVFA chapter runs: few-shot, baselines, ablations, zero-shot "
-                                             "leave-one-out; writes results/mvfa/<name>/")
-    ap.add_argument("--profile", default="long_cpu", help="a mapping in medad/profiles/mvfa.yml (long_cpu, full, quick)")
-    ap.add_argument("--data-dir", default=None, help="folder with the archives (default: $MEDAD_DATA; none -> synthetic)")
-    ap.add_argument("--name", required=True, help="run name: results/mvfa/<name>/")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--stages", default=None, help="comma-separated: few_shot,baselines,projector,zero_shot,k_curve")
-    ap.add_argument("--checkpoints", default=str(REPO_ROOT / "runs" / "mvfa-checkpoints"),
-                    help="checkpoint folder (not committed); a rerun with the same name resumes")
-    args = ap.parse_args(argv)
-    out = run_long(args.profile, args.data_dir, args.name, args.threads, args.device, RESULTS_DIR / CHAPTER,
-                   Path(args.checkpoints), stages=args.stages.split(",") if args.stages else None)
-    print(f"results written to {out}")
+
+main = cli.main_for(CHAPTER, main, on_interrupt="finished units and checkpoints are kept; to resume, rerun")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
