@@ -197,7 +197,9 @@ class ChapterRun:
         The run's seed is *not* passed on: seeded carve-outs (a val split) and
         synthetic data stay the same across training seeds, as real data does.
         """
-        return self.opener(name, split, **kwargs)
+        ds = self.opener(name, split, **kwargs)
+        self.record["data"] = self.opener.provenance()  # the record is current after each opening, not only at finish
+        return ds
 
     def note_dataset(self, ds) -> None:
         if ds not in self.opener.datasets:

@@ -120,13 +120,13 @@ def _prob_unet_figures():
     run = headline_run("prob_unet")
     yield "headline GED", pu_report.headline_figure(run)
     trained = {m: SimpleNamespace(history=[{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)],
-                                  val_history=[{"step": s, "val_ged": 0.5} for s in (1, 3)])
+                                  validations=[{"step": s, "val_ged": 0.5} for s in (1, 3)])
                for m in ("prob_unet", "unet", "dropout_unet", "unet_ensemble", "mheads")}
     yield "training", pu_report.training_figure(trained, "synthetic")
     data = {"images": _images(4), "grader_masks": np.stack([_masks(4)] * 4, 1)}
     evals = {m: SimpleNamespace(examples={i: _masks(4) for i in range(4)})
              for m in ("prob_unet", "unet", "dropout_unet", "unet_ensemble", "mheads")}
-    yield "samples", pu_report.samples_figure(data, evals, {1: 0, 2: 1, 3: 2, 4: 3}, "synthetic")
+    yield "samples", pu_report.samples_figure(pu_report.examples_from_build(data, evals, {1: 0, 2: 1, 3: 2, 4: 3}), "synthetic")
     yield "oracle", pu_report.oracle_figure(_oracle())
 
 
