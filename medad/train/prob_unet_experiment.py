@@ -443,7 +443,8 @@ def run_experiment(cfg: dict, opener, state: RunState | None = None, device: str
     }
     return {"datasets": datasets, "data": data, "trained": trained, "evals": evals, "pick": pick, "curve": curve,
             "table": table, "by_graders": by_graders, "oracle": oracle_table, "oracle_info": oracle_info,
-            "results": results, "stopped_early": stopped_early(trained)}
+            "results": results, "stopped_early": stopped_early(trained),
+            "rows": tidy_rows(results, oracle_table, oracle_info.get("slices", {}).get("test", 0))}
 
 
 def tidy_rows(results: dict, oracle: "pandas.DataFrame | None" = None, oracle_slices: int = 0) -> list[dict]:
@@ -499,7 +500,6 @@ def write_committed(record: RunRecord, out: dict) -> Path:
     from medad.experiment.precision import describe
 
     evals, test = out["evals"], out["data"]["test"]
-    oracle_slices = out["oracle_info"].get("slices", {}).get("test", 0)
 
     def per_slice(path: Path) -> None:
         np.savez_compressed(path, groups=test["groups"], graders_marked=grader_counts(test),
@@ -515,7 +515,7 @@ def write_committed(record: RunRecord, out: dict) -> Path:
         files["oracle.json"] = lambda p: atomic_write_json(p, {"data": "synthetic LIDC (medad.data.synthetic.synthetic_lidc)",
                                                                **out["oracle_info"], "table": out["oracle"].to_dict(orient="records")})
     cfg = out["results"]["config"]
-    return record.write(tidy_rows(out["results"], out["oracle"], oracle_slices),
+    return record.write(out["rows"],
                         schedule_text(out["results"], out["oracle_info"], record.threads),
                         precision=describe(cfg["precision"], cfg["channels_last"]),
                         extra={"stopped_early": out["stopped_early"]}, files=files)
