@@ -272,3 +272,25 @@ def test_every_driver_parameter_is_declared_and_read_without_a_fallback():
     assert not re.search(r"cfg\.get\(", source)
     read = set(re.findall(r'cfg\["([a-z_]+)"\]', source))
     assert read <= set(profiles.schema("mvfa")), read - set(profiles.schema("mvfa"))
+
+
+def test_a_run_cut_short_is_tabulated_from_its_finished_units_and_says_what_did_not_run(tiny, tmp_path):
+    def record(**kw):
+        rec = RunRecord("mvfa", "long_cpu", "cut-run", resolved=tiny_config(datasets=["lgg_brain_ad"], **kw),
+                        state_root=tmp_path / "state", results_root=tmp_path / "results", code_files=X.CODE_FILES,
+                        resumable=("stages",))
+        rec.opener.synthetic_only, rec.opener.n_synthetic = True, 24
+        return rec
+
+    empty = record(stages=["few_shot"])
+    with pytest.raises(ConfigError, match="no unit has finished yet"):
+        X.write_committed(empty, X.run_experiment(empty.config, empty.opener, empty.state, "cpu", progress=False,
+                                                  finished_only=True))
+    first = record(stages=["few_shot"])
+    X.run_experiment(first.config, first.opener, first.state, "cpu", progress=False)
+    later = record(stages=["few_shot", "baselines"])  # stages may grow; the baselines never ran
+    out = X.run_experiment(later.config, later.opener, later.state, "cpu", progress=False, finished_only=True)
+    assert list(out["units"]) == ["few_shot/lgg_brain_ad/0"] and out["unfinished"] == ["baselines/lgg_brain_ad/None"]
+    prov = json.loads((X.write_committed(later, out) / "provenance.json").read_text())
+    assert prov["units_not_run"] == ["baselines/lgg_brain_ad/None"]
+    assert prov["schedule"].endswith("finished: few_shot (seed 0); cut short: 1 of 2 planned units not run")

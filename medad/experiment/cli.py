@@ -31,8 +31,10 @@ def name_list(text: str | None, option: str) -> list[str] | None:
     return names
 
 
-def parser(chapter: str, description: str, datasets: bool = False) -> argparse.ArgumentParser:
-    """The shared options; a chapter adds its own with ``add_argument`` on the result."""
+def parser(chapter: str, description: str, datasets: bool = False, finished_only: bool = False) -> argparse.ArgumentParser:
+    """The shared options; a chapter adds its own with ``add_argument`` on the result.
+
+    ``finished_only``: the chapter's run is made of units (RunState) and can tabulate a run cut short."""
     from medad import profiles
 
     ap = argparse.ArgumentParser(prog=f"python -m medad.train.{chapter}_experiment", description=description)
@@ -49,6 +51,9 @@ def parser(chapter: str, description: str, datasets: bool = False) -> argparse.A
                     help="folder for run states (default: <medad cache>/runs; outside the work tree)")
     if datasets:
         ap.add_argument("--datasets", default=None, help="comma-separated datasets (default: the profile's)")
+    if finished_only:
+        ap.add_argument("--finished-only", action="store_true",
+                        help="write the table from the units already finished (a run cut short); train nothing")
     return ap
 
 

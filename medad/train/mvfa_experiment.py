@@ -583,7 +583,7 @@ def plan(cfg, stages: Sequence[str]) -> list[tuple[str, str, object]]:
 
 
 def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = True, stages: Sequence[str] | None = None,
-                   keep_raw: bool = False) -> dict:
+                   keep_raw: bool = False, finished_only: bool = False) -> dict:
     """The chapter's runs (``stages``, default the profile's), each unit stored in ``state``; returns
     ``units`` (every finished unit of the run, earlier invocations' included), ``rows`` (the tidy table),
     ``prepared`` (the datasets read in this call), ``details`` (few-shot units computed in this call:
@@ -614,8 +614,11 @@ def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = Tru
         return value
 
     todo = plan(cfg, stages)
+    planned = [unit_key(stage, d, s) for stage, d, s in todo]
+    if finished_only:  # a run cut short: tabulate what finished, train nothing
+        todo = []
     for stage, d, s in tqdm(todo, desc="MVFA units", disable=not progress or len(todo) < 2):
-        key = f"{stage}/{d}/{s if stage != 'k_curve' else f'K={s[0]}/{s[1]}'}"
+        key = unit_key(stage, d, s)
         if stage == "few_shot":
             state.unit(key, lambda: few(key, d, k, s, official=s in official), keep_checkpoint=False)
         elif stage == "baselines":
@@ -634,7 +637,13 @@ def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = Tru
             state.unit(key, lambda: _only(few(key, d, s[0], s[1]), "MVFA"), keep_checkpoint=False)
     units = {key: state.get(key) for key in state.finished_units()}
     return {"units": units, "rows": table_rows(units, label, int(cfg["n_boot"])), "prepared": prepared,
-            "details": details, "backbone": backbone, "label": label}
+            "details": details, "backbone": backbone, "label": label,
+            "planned": planned, "unfinished": [key for key in planned if key not in units]}
+
+
+def unit_key(stage: str, dataset: str, seed) -> str:
+    """``few_shot/chest_xray/0``; the K curve's units carry their K: ``k_curve/chest_xray/K=8/0``."""
+    return f"{stage}/{dataset}/{seed if stage != 'k_curve' else f'K={seed[0]}/{seed[1]}'}"
 
 
 def _only(value: dict, method: str) -> dict:
@@ -648,13 +657,23 @@ def _only(value: dict, method: str) -> dict:
 # ----------------------------------------------------------------------------- the committed run
 
 
-def schedule_text(cfg, units: dict, threads: int) -> str:
-    """The run's size in a few words, from its own parameters and finished units."""
-    done = list(dict.fromkeys(key.split("/")[0] for key in units))
-    return (f"{'STAND-IN' if 'standin' in cfg['backbone'] else cfg['backbone']} at {cfg['image_size']} px "
-            f"({cfg['protocol']} protocol), K={cfg['k']}, seeds {','.join(map(str, cfg['seeds']))}, {cfg['epochs']} epochs "
+def schedule_text(cfg, units: dict, threads: int, unfinished: Sequence[str] = ()) -> str:
+    """The run's size in a few words, from its own parameters and finished units (a run cut short says so)."""
+    seeds_done: dict[str, list[str]] = {}
+    for key in units:
+        stage, *_, seed = key.split("/")
+        seeds_done.setdefault(stage, [])
+        if stage != "baselines" and seed not in seeds_done[stage]:
+            seeds_done[stage].append(seed)
+    done = ", ".join(f"{stage} (seed{'s' * (len(ss) > 1)} {','.join(ss)})" if ss else stage
+                     for stage, ss in seeds_done.items())
+    text = (f"{'STAND-IN' if 'standin' in cfg['backbone'] else cfg['backbone']} at {cfg['image_size']} px "
+            f"({cfg['protocol']} protocol), K={cfg['k']}, {cfg['epochs']} epochs "
             f"x {cfg['batch_size']}-image batches, {cfg['test_images'] or 'all'} test images per dataset, "
-            f"{threads} CPU thread(s); stages: {', '.join(done)}")
+            f"{threads} CPU thread(s); finished: {done}")
+    if unfinished:
+        text += f"; cut short: {len(unfinished)} of {len(units) + len(unfinished)} planned units not run"
+    return text
 
 
 def write_committed(record, out: dict) -> "Path":
@@ -665,8 +684,11 @@ def write_committed(record, out: dict) -> "Path":
     training = {key: value.get("training") for key, value in out["units"].items() if value.get("training")}
     extra = {"backbone": backbone.name, "backbone_weights": backbone.weights_source, "stand_in": backbone.is_standin,
              "protocol": backbone.protocol, "protocol_description": backbone.protocol_description(),
-             "units_done": sorted(out["units"]), "training": _small(training)}
-    return record.write(out["rows"], schedule_text(cfg, out["units"], record.threads),
+             "units_done": sorted(out["units"]), "units_not_run": out["unfinished"], "training": _small(training)}
+    if not out["units"]:
+        raise ConfigError(f"run mvfa/{record.name}: no unit has finished yet, so there is nothing to tabulate; "
+                          "run it without --finished-only first")
+    return record.write(out["rows"], schedule_text(cfg, out["units"], record.threads, out["unfinished"]),
                         precision=describe(cfg["precision"], cfg["channels_last"]), extra=extra)
 
 
@@ -679,14 +701,18 @@ def _small(training: dict) -> dict:
 
 def main(argv=None) -> None:
     ap = cli.parser(CHAPTER, "MVFA chapter runs: few-shot, baselines, ablations, shortcut check, zero-shot "
-                             "leave-one-out, AUC against K; writes results/mvfa/<name>/", datasets=True)
+                             "leave-one-out, AUC against K; writes results/mvfa/<name>/", datasets=True,
+                    finished_only=True)
     ap.add_argument("--stages", default=None, help=f"comma-separated subset of: {', '.join(STAGES)} "
                                                    "(default: the profile's); later invocations may add stages")
     ns = ap.parse_args(argv)
     stages = cli.name_list(ns.stages, "--stages")
     record = cli.make_record(CHAPTER, ns, code_files=CODE_FILES, overrides={"stages": stages}, resumable=("stages",))
-    out = run_experiment(record.config, record.opener, record.state, record.device, progress=True)
+    out = run_experiment(record.config, record.opener, record.state, record.device, progress=True,
+                         finished_only=ns.finished_only)
     print(f"results written to {write_committed(record, out)}")
+    if out["unfinished"]:
+        print(f"{len(out['unfinished'])} of {len(out['planned'])} planned units have not run; the provenance lists them")
 
 
 main = cli.main_for(CHAPTER, main, on_interrupt="finished units and checkpoints are kept; to resume, rerun")

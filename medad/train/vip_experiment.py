@@ -438,9 +438,8 @@ def write_committed(record: RunRecord, out: dict) -> Path:
 
 
 def main(argv=None) -> None:
-    ap = cli.parser(CHAPTER, "Train and evaluate the ViP chapter's methods; write results/vip/<name>/", datasets=True)
-    ap.add_argument("--finished-only", action="store_true",
-                    help="write the table from the units already finished (a run cut short); train nothing")
+    ap = cli.parser(CHAPTER, "Train and evaluate the ViP chapter's methods; write results/vip/<name>/", datasets=True,
+                    finished_only=True)
     ns = ap.parse_args(argv)
     record = cli.make_record(CHAPTER, ns, code_files=CODE_FILES)
     out = run_experiment(record.config, record.opener, record.state, record.device, progress=True,
