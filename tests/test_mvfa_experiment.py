@@ -257,7 +257,7 @@ def test_the_rehearsal_is_the_full_profile_with_only_the_counts_capped():
     assert changed <= counts | {"weights", "eval_batch"}, changed - counts  # eval_batch changes no number
     assert rehearse["weights"] == "random" and full["weights"] is None  # random CLIP weights, labelled as such
     for key in counts & changed:  # capped, never raised
-        a, b = full[key], rehearse[key]
+        a, b = full.get(key), rehearse[key]
         assert (len(b) <= len(a)) if isinstance(a, list) else (a is None or b <= a), key
     assert full.get("max_steps") is None and rehearse["max_steps"] >= 1  # a few steps of each unit
     rec = RunRecord("mvfa", "rehearse", None, resolved=profiles.resolve_named("mvfa", "rehearse"))

@@ -159,21 +159,21 @@ def test_ci_runs_the_tests_then_builds_the_book_on_the_synthetic_default(tmp_pat
 def test_vip_quick_subsets_on_synthetic_data_take_the_split_itself(tmp_path, monkeypatch):
     """`make book` without data failed ViP with KeyError 'chest_xray/test/64': the feature cache generated 160
     synthetic test images where the split (which the test groups and provenance read) has 64."""
-    from test_vip import TinyBackbone
+    from test_vip import TinyBackbone, _cfg
 
+    from medad.experiment.record import RecordingOpener, RunState
     from medad.train import vip_experiment as vx
 
     monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
     quick = profiles.load("vip")["quick"]
-    cfg = {"datasets": ["chest_xray"], "backbones": [TinyBackbone()], "settings": ["main"], "seeds": [1],
-           "train_images": quick["train_images"], "val_images": quick["val_images"], "test_images": quick["test_images"],
-           "epochs": 1, "batch_size": 32, "lr": 0.002, "warmup_epochs": 1, "warmup_lr": 1e-5, "momentum": 0.9,
-           "weight_decay": 5e-4, "n_ctx": 4, "n_boot": 20}
+    cfg = _cfg(settings=["main"], seeds=[1], epochs=1, batch_size=32, n_boot=20, views=0,
+               **{f"{name}_images": quick[f"{name}_images"] for name in ("train", "val", "test")})
     split = len(open_dataset("chest_xray", "test"))
     assert quick["test_images"] > split  # the quick profile asks for more than the synthetic split holds
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = vx.run_experiment(cfg, None, tmp_path / "state", progress=False, log=lambda *_: None)
+        out = vx.run_experiment(cfg, RecordingOpener(None), RunState(tmp_path / "state"), progress=False,
+                                log=lambda *_: None, backbones={"tiny-test": TinyBackbone()})
     assert set(r["n"] for r in out["rows"]) == {split}  # every test image of the split, and only those
     notes = {str(w.message) for w in caught if "images asked for" in str(w.message)}
     assert notes == {f"chest_xray (synthetic) {name}: {quick[f'{name}_images']} images asked for, the split has {split}; "
