@@ -321,3 +321,19 @@ def test_bf16_training_changes_the_numbers_but_not_the_loss_scale():
     assert a != b and abs(a - b) / abs(a) < 0.02
     with pytest.raises(ConfigError, match="precision"):
         settings(precision="fp16")
+
+
+def test_paired_differences_are_slice_by_slice_on_the_same_slices_by_hand():
+    from medad.train import prob_unet_experiment as exp
+
+    ged = {"prob_unet": np.array([[0.9, 0.2], [0.8, 0.4], [0.7, 0.3]]),  # columns: 1 and 16 samples
+           "unet": np.array([[0.5], [0.6], [0.9]]),  # evaluated at 16 samples only
+           "mheads": np.array([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])}
+    counts = {"prob_unet": [1, 16], "unet": [16], "mheads": [1, 16]}
+    rows = {r["model"]: r for r in exp.paired_differences(ged, counts, groups=np.array(["a", "a", "b"]), samples=16,
+                                                          n_boot=200)}
+    assert set(rows) == {"unet", "mheads"} and rows["unet"]["title"] == "Prob. U-Net minus U-Net (deterministic)"
+    assert rows["unet"]["mean"] == pytest.approx(((0.2 - 0.5) + (0.4 - 0.6) + (0.3 - 0.9)) / 3)
+    assert rows["mheads"]["mean"] == pytest.approx((0.1 + 0.2 + 0.0) / 3)
+    assert rows["unet"]["low"] <= rows["unet"]["mean"] <= rows["unet"]["high"] and rows["unet"]["groups"] == 2
+    assert exp.paired_differences(ged, counts, ["a", "a", "b"], samples=32) == []  # nobody has 32 samples

@@ -59,12 +59,26 @@ def long_run_schedule(long: dict, provenance: dict, oracle: dict | None = None) 
     return text
 
 
+def paired_from_per_slice(path: Path, cfg: dict) -> list[dict]:
+    """:func:`medad.train.prob_unet_experiment.paired_differences` from a committed run's ``per_slice.npz``
+    (its per-slice GED is stored as float16: the differences agree with the run's own to about 1e-3)."""
+    with np.load(path) as z:
+        models = [k[len("ged_"):] for k in z.files if k.startswith("ged_")]
+        ged = {m: z[f"ged_{m}"] for m in models}
+        counts = {m: [int(c) for c in z[f"counts_{m}"]] for m in models}
+        groups = z["groups"]
+    return experiment.paired_differences(ged, counts, groups, int(cfg.get("table_samples", 16)),
+                                         int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0)))
+
+
 def convert_long_run(folder: str | Path) -> Path:
     """Write ``table.csv`` of a long-run folder and add ``kind``/``schedule`` to its provenance."""
     folder = Path(folder)
     long = _read_json(folder / "results.json")
     provenance = _read_json(folder / "provenance.json")
     oracle = json.loads((folder / "oracle.json").read_text()) if (folder / "oracle.json").is_file() else None
+    if "paired" not in long and (folder / "per_slice.npz").is_file():  # runs written before results.json had them
+        long = {**long, "paired": paired_from_per_slice(folder / "per_slice.npz", long["config"])}
     provenance = {**provenance, "kind": "long-cpu", "schedule": long_run_schedule(long, provenance, oracle)}
     return results.write_run(provenance.get("chapter", CHAPTER), folder.name, tidy_long_run(long, oracle), provenance,
                               root=folder.parent.parent)
