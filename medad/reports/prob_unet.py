@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medad import results, viz
+from medad.experiment.precision import describe
 from medad.errors import DataError
 from medad.models.ambiguous import TITLES
 from medad.reports import style
@@ -45,6 +46,13 @@ def tidy_long_run(long: dict, oracle: dict | None = None) -> list[dict]:
     return experiment.tidy_rows(long, table, oracle["slices"]["test"] if oracle else 0)
 
 
+def _minutes(long: dict, provenance: dict) -> float:
+    """The run's minutes: its models' training seconds summed where it was resumed across invocations (the
+    provenance's ``seconds`` of a run written before the harness counted only the last invocation)."""
+    training = sum(float(t.get("seconds", 0.0)) for t in long["training"].values())
+    return max(training, float(provenance["seconds"])) / 60
+
+
 def long_run_schedule(long: dict, provenance: dict, oracle: dict | None = None) -> str:
     """A few words that say how long and how big the run was, taken from its own files."""
     cfg = long["config"]
@@ -53,7 +61,7 @@ def long_run_schedule(long: dict, provenance: dict, oracle: dict | None = None) 
     crop = f"{cfg['crop']}x{cfg['crop']} px crops" if cfg.get("crop") else "whole 128x128 slices"
     text = (f"{iters} iterations per model, batch {cfg['batch_size']}, channels {'-'.join(map(str, cfg['channels']))}, "
             f"{crop}, {long['data']['train']['slices']:,} training slices, {provenance.get('threads', '?')} CPU thread(s), "
-            f"{provenance['seconds'] / 60:.0f} min")
+            f"{_minutes(long, provenance):.0f} min")
     if oracle:
         text += f"; synthetic oracle check {oracle['training']['steps']:,} iterations"
     return text
@@ -79,7 +87,9 @@ def convert_long_run(folder: str | Path) -> Path:
     oracle = json.loads((folder / "oracle.json").read_text()) if (folder / "oracle.json").is_file() else None
     if "paired" not in long and (folder / "per_slice.npz").is_file():  # runs written before results.json had them
         long = {**long, "paired": paired_from_per_slice(folder / "per_slice.npz", long["config"])}
-    provenance = {**provenance, "kind": "long-cpu", "schedule": long_run_schedule(long, provenance, oracle)}
+    cfg = long["config"]
+    provenance = {**provenance, "kind": "long-cpu", "schedule": long_run_schedule(long, provenance, oracle),
+                  "precision": describe(cfg.get("precision", "fp32"), bool(cfg.get("channels_last", False)))}
     return results.write_run(provenance.get("chapter", CHAPTER), folder.name, tidy_long_run(long, oracle), provenance,
                               root=folder.parent.parent)
 
