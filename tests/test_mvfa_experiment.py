@@ -229,12 +229,13 @@ def test_quick_profile_runs_are_never_a_headline_and_unknown_stages_are_refused(
     monkeypatch.setattr(medad.paths, "RESULTS_DIR", tmp_path / "results")
     seen = {}
 
-    def fake(cfg, opener, state, device, progress=True):
+    def fake(cfg, opener, state, device, progress=True, finished_only=False):
         seen["stages"] = cfg["stages"]
         backbone = SimpleNamespace(name="b", weights_source="w", is_standin=True, protocol="corrected",
                                    protocol_description=lambda: "corrected")
         from medad.results import row
-        return {"units": {}, "rows": [row("d", "s", "MVFA [STAND-IN]", "image AUC", 0.5)], "backbone": backbone}
+        return {"units": {"few_shot/d/0": {}}, "rows": [row("d", "s", "MVFA [STAND-IN]", "image AUC", 0.5)],
+                "backbone": backbone, "planned": ["few_shot/d/0"], "unfinished": []}
 
     monkeypatch.setattr(X, "run_experiment", fake)
     args = ["--profile", "quick", "--checkpoints", str(tmp_path / "state")]
