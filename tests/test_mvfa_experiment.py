@@ -253,7 +253,7 @@ def test_the_rehearsal_is_the_full_profile_with_only_the_counts_capped():
     full, rehearse = data["full"], data["rehearse"]
     counts = {"k", "seeds", "epochs", "zero_epochs", "test_images", "select_images", "full_normal_images",
               "zero_train_per_class", "zero_select_per_dataset", "zero_seeds", "projector_seeds", "tsne_images",
-              "n_boot", "k_curve", "k_curve_seeds", "max_steps"}
+              "n_boot", "k_curve", "k_curve_seeds", "max_steps", "datasets"}
     changed = {key for key in set(full) | set(rehearse) if full.get(key) != rehearse.get(key)}
     assert changed <= counts | {"weights", "eval_batch"}, changed - counts  # eval_batch changes no number
     assert rehearse["weights"] == "random" and full["weights"] is None  # random CLIP weights, labelled as such
