@@ -253,7 +253,8 @@ def samples_figure(examples: dict, kind: str, n_show: int = 4):
             ax = axes[r, 1 + n_show + j]
             viz.show_image(ax, img, columns[1 + n_show + j] if r == 0 else "")
             viz.overlay_mask(ax, samples[m][i, 1 % samples[m].shape[1]], "#00bfff")
-    fig.suptitle(f"LIDC ({kind}) test slices: graders, Prob. U-Net samples (PU), baselines")
+    # two lines: a committed run's name in ``kind`` would widen the figure past the column
+    fig.suptitle(f"LIDC ({kind}) test slices:\ngraders, Prob. U-Net samples (PU), baselines")
     return fig
 
 
