@@ -62,13 +62,22 @@ def rehearse_chapter(chapter: str, data_dir=None, device: str | None = None, thr
     if projector is not None and trained:
         from medad import profiles
 
-        plan = projector(profiles.resolve_named(chapter, "full"), record.config)  # {fit name: steps in the full profile}
-        seconds = 0.0
-        for name, n in plan.items():
-            measured = per_step.get(name, out["mean_step_s"])
-            seconds += n * measured
+        sizes = {(d["dataset"], d["split"]): int(d["n"]) for d in record.opener.provenance() if d.get("n")}
+        # {fit name or name prefix: training steps in the full profile}
+        plan = projector(profiles.resolve_named(chapter, "full"), record.config, sizes)
+        seconds = sum(n * step_time(per_step, key, out["mean_step_s"]) for key, n in plan.items())
+        out["full_profile_steps"] = int(sum(plan.values()))
         out["full_profile_projected_h"] = round(seconds / 3600, 2)
     return out
+
+
+def step_time(per_step: dict[str, float], key: str, fallback: float) -> float:
+    """The measured seconds per step of the fit named ``key``, else the mean over the fits whose names start with
+    it, else ``fallback`` (the chapter's mean): the rehearsal trains one of each kind of fit, the full profile many."""
+    if key in per_step:
+        return per_step[key]
+    alike = [v for name, v in per_step.items() if name.startswith(key)]
+    return sum(alike) / len(alike) if alike else fallback
 
 
 def run_exercises(data_dir=None, chapters=None, timeout_s: int = 600) -> list[dict]:
@@ -137,7 +146,8 @@ def main(argv=None) -> int:
             print(f"{chapter:10s} FAILED: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}", flush=True)
             continue
         report["chapters"].append(r)
-        projected = f", full profile ≈ {r['full_profile_projected_h']} h" if "full_profile_projected_h" in r else ""
+        projected = (f", full profile: {r['full_profile_steps']:,} training steps ≈ {r['full_profile_projected_h']} h of "
+                     "training at these step times" if "full_profile_projected_h" in r else "")
         print(f"{chapter:10s} ok  {r['wall_s']:7.1f} s wall, {r['steps']} training steps, "
               f"{r['mean_step_s']:.3f} s per step on {r['device']}{projected}", flush=True)
     if not args.no_exercises:

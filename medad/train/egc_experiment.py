@@ -30,6 +30,7 @@ Protocol (stand-in data: lower-GI endoscopy, not gastric cancer; :mod:`medad.tra
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -98,6 +99,22 @@ def compute_trunks(cfg, arch: str, cls: dict, device: str, progress: bool = True
 def _unit_record(result, select: str) -> dict:
     return {"seconds": round(result.seconds, 1), "steps": result.steps, "history": epoch_history(result, select),
             "best_epoch": int(round(result.best[select]["epoch"])), "best": result.best[select]["value"]}
+
+
+def full_profile_steps(full, rehearsal, sizes: dict) -> dict[str, int]:
+    """Training steps of the ``full`` profile by fit-name prefix ('gain ', 'ca-unet '), for the rehearsal's projection.
+
+    Split sizes are the ones the rehearsal opened (``sizes[(dataset, split)]``); a profile's image cap applies."""
+    def n(dataset: str, cap) -> int:
+        have = sizes.get((dataset, "train"), 0)
+        return min(have, int(cap)) if cap else have
+
+    cls = math.ceil(n(CLS_DATASET, full["train_images"]) / int(full["cls_batch_size"])) * int(full["cls_epochs"])
+    seg = math.ceil(n(SEG_DATASET, full["seg_train_images"]) / int(full["seg_batch_size"])) * int(full["seg_epochs"])
+    archs = 1 + len(full["extra_archs"])
+    steps = {f"{m} ": cls * len(full["seeds"]) * archs for m in full["cls_methods"]}
+    steps.update({f"{v} ": seg * len(full["seg_seeds"]) for v in full["seg_variants"]})
+    return steps
 
 
 def run_experiment(cfg, opener, state: RunState | None = None, device: str = "cpu", progress: bool = True,

@@ -582,6 +582,26 @@ def plan(cfg, stages: Sequence[str]) -> list[tuple[str, str, object]]:
     return out
 
 
+def full_profile_steps(full, rehearsal, sizes: dict | None = None) -> dict[str, int]:
+    """Training steps of the ``full`` profile by fit-name prefix, for the rehearsal's projection: every few-shot,
+    projector-only, shortcut and K-curve unit trains on 2K support images augmented x11, a zero-shot unit on
+    ``zero_train_per_class`` images of each class of every other dataset (capped by nothing else here)."""
+    batch, epochs = int(full["batch_size"]), int(full["epochs"])
+    steps: dict[str, int] = {}
+    for stage, dataset, seed in plan(full, full["stages"]):
+        k = seed[0] if stage == "k_curve" else int(full["k"])
+        if stage == "baselines":
+            continue  # frozen: nothing to train
+        if stage == "zero_shot":
+            images = 2 * int(full["zero_train_per_class"]) * (len(full["datasets"]) - 1)
+            key, n = "zero-shot", math.ceil(images / batch) * int(full["zero_epochs"])
+        else:
+            key = "projector-only" if stage == "projector" else "MVFA"
+            n = math.ceil(2 * k * 11 / batch) * epochs
+        steps[key] = steps.get(key, 0) + n
+    return steps
+
+
 def run_experiment(cfg, opener, state, device: str = "cpu", progress: bool = True, stages: Sequence[str] | None = None,
                    keep_raw: bool = False, finished_only: bool = False) -> dict:
     """The chapter's runs (``stages``, default the profile's), each unit stored in ``state``; returns

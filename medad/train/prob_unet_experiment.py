@@ -165,12 +165,12 @@ def fit_name(model: str, prefix: str = "") -> str:
     return ("oracle check: " if prefix.startswith("oracle") else "") + TITLES[model]
 
 
-def full_profile_steps(full: dict, rehearsal: dict) -> dict[str, int]:
+def full_profile_steps(full: dict, rehearsal: dict, sizes: dict | None = None) -> dict[str, int]:
     """Training steps of every model in the ``full`` profile, by fit name (the rehearsal projects its time from them).
 
-    ``epochs``, when the full profile sets it, is turned into steps with the full split's slice count (about
-    10,900 training slices here; the rehearsal's own count when it used them all)."""
-    n_train = full["train_slices"] or 10859
+    ``epochs``, when the full profile sets it, is turned into steps with the training split's slice count
+    (``sizes[("lidc", "train")]``, as the rehearsal opened it; 10,859 here)."""
+    n_train = full["train_slices"] or (sizes or {}).get(("lidc", "train"), 10859)
     steps = {fit_name(m): iterations_for(full, n_train) for m in full["models"]}
     steps[fit_name("prob_unet", "oracle-")] = int(full["oracle_iterations"])
     return steps

@@ -255,6 +255,21 @@ def figure_unit(units: list[Unit], dataset: str, backbone: str) -> Unit | None:
     return hits[0] if hits else None
 
 
+def full_profile_steps(full, rehearsal, sizes: dict) -> dict[str, int]:
+    """Training steps of the ``full`` profile by fit-name prefix ('chest_xray vip'), for the rehearsal's projection:
+    every trained unit of :func:`plan`, ``epochs`` over the training split (as the rehearsal opened it, or the
+    profile's cap) in the backbone's batches, the last partial batch dropped. Feature caching is not counted."""
+    steps: dict[str, int] = {}
+    for unit in plan(full):
+        if not METHODS[unit.method].trained:
+            continue
+        have = sizes.get((unit.dataset, "train"), 0)
+        n = min(have, int(full["train_images"])) if full["train_images"] else have
+        key = f"{unit.dataset} {unit.method}"
+        steps[key] = steps.get(key, 0) + int(full["epochs"]) * (n // batch_size_for(unit.backbone, full))
+    return steps
+
+
 def run_experiment(cfg, opener, state: RunState | None = None, device: str = "cpu", progress: bool = True,
                    finished_only: bool = False, log=print, backbones: dict | None = None,
                    keep_models: bool = False) -> dict:
