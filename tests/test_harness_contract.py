@@ -99,3 +99,19 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_table_and_other_setting
 
     with pytest.raises(ConfigError, match=rf"other settings.*{setting}: {old} -> {new}.*--fresh"):
         record("cut", **{setting: new})
+
+
+def test_each_finished_unit_notes_the_invocation_so_a_killed_one_still_counts(tmp_path):
+    import json
+
+    def record():
+        return RunRecord("egc", "long_cpu", "tiny-run", resolved=egc_t.tiny(), state_root=tmp_path / "state",
+                         results_root=tmp_path / "results", code_files=egc_experiment.CODE_FILES)
+
+    first = record()
+    first.state.unit("a", lambda: 1)  # then the process is killed: it never reaches RunRecord.write
+    second = record()
+    second.state.unit("b", lambda: 2)
+    invocations = json.loads((tmp_path / "state" / "egc" / "tiny-run" / "invocations.json").read_text())
+    assert [i["started"] for i in invocations] == [first.started, second.started]
+    assert all(i["commit"] == first.commit and i["seconds"] >= 0 for i in invocations)

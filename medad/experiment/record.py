@@ -127,6 +127,7 @@ class RunState:
     def __init__(self, folder: str | os.PathLike | None = None):
         self.folder = Path(folder) if folder is not None else None
         self._units: dict[str, Any] = {}
+        self.after_unit: Callable[[], Any] | None = None  # RunRecord: note this invocation (a killed one included)
         if self.folder is not None and (self.folder / "units.json").is_file():
             stored = json.loads((self.folder / "units.json").read_text())
             self._units = {key: self._load_arrays(key, value) for key, value in stored.items()}
@@ -158,6 +159,8 @@ class RunState:
             if not keep_checkpoint and self.checkpoint(key) is not None:
                 self.checkpoint(key).unlink(missing_ok=True)
         self._units[key] = _put_arrays(plain, arrays)
+        if self.after_unit is not None:
+            self.after_unit()
         return self._units[key]
 
     def finished_units(self) -> list[str]:
@@ -249,6 +252,7 @@ class RunRecord:
         seed_everything(self.seed)
         self.opener = RecordingOpener(self.data_dir)
         self.started, self._t0 = provenance.now_utc(), time.perf_counter()
+        self._invocation_id = uuid.uuid4().hex[:12]
         self.commit = provenance.git_commit()
         self.code_files = list(code_files)
         self.code_sha256 = provenance.files_digest(self.code_files) if self.code_files else ""
@@ -268,6 +272,9 @@ class RunRecord:
         self.run_id = self._claim_state(state_folder)
         self._check_results_folder()
         self.state = RunState(state_folder)
+        # each finished unit updates invocations.json, so an invocation that is killed later still counts its
+        # commit and compute seconds up to its last finished unit
+        self.state.after_unit = self._invocations
 
     # -- guards --------------------------------------------------------------------------------
 
@@ -328,13 +335,14 @@ class RunRecord:
         """Every invocation of this run so far (stored in its state folder), this one last."""
         from medad import provenance
 
-        me = {"started": self.started, "finished": provenance.now_utc(), "seconds": round(self.seconds(), 1),
-              "commit": self.commit, "code_sha256": self.code_sha256, "command": self.command}
+        me = {"id": self._invocation_id, "started": self.started, "finished": provenance.now_utc(),
+              "seconds": round(self.seconds(), 1), "commit": self.commit, "code_sha256": self.code_sha256,
+              "command": self.command}
         if self.state.folder is None:
             return [me]
         path = self.state.folder / "invocations.json"
         before = json.loads(path.read_text()) if path.is_file() else []
-        merged = [i for i in before if i["started"] != self.started] + [me]
+        merged = [i for i in before if i.get("id", i["started"]) != self._invocation_id] + [me]
         atomic_write_json(path, merged)
         return merged
 
