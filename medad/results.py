@@ -57,6 +57,12 @@ class Run:
     provenance: dict
 
     @property
+    def cut_short(self) -> bool:
+        """True for a run stopped before every planned unit finished (its provenance lists what did not run)."""
+        units = self.provenance.get("units") or {}
+        return bool(self.provenance.get("units_not_run")) or units.get("finished", 0) < units.get("planned", 0)
+
+    @property
     def kind(self) -> str:
         return self.provenance.get("kind", "cpu")
 

@@ -238,6 +238,8 @@ def test_committed_claims_find_their_rows(chapter):
     lost = [ev.id for ev in evaluations if ev.verdict == "not testable here"
             and ev.claim.get("testable", True) and not ev.claim.get("if_missing")]
     assert not lost, f"{chapter}: claims whose selectors match nothing in {run.name}: {lost}"
+    waiting = [ev.id for ev in evaluations if ev.verdict == "not run yet"]
+    assert not waiting or run.cut_short, waiting  # only a run cut short leaves a claim waiting
     assert any(ev.claim.get("kind", "main table") == "main table" for ev in evaluations)
 
 
@@ -299,3 +301,10 @@ def test_html_table_merges_runs_of_equal_cells_within_a_group():
     assert text.count("<tr>") == 4  # header + 3 rows
     assert '<td rowspan="2">A</td><td>1</td><td rowspan="2">x</td>' in text
     assert "<tr><td>2</td></tr>" in text and "<tr><td>B</td><td>3</td><td>x</td></tr>" in text  # B's x is its own
+
+
+def test_a_comparison_missing_from_a_run_cut_short_has_not_run_yet():
+    claim = {"id": "c", "claim": "A beats B", "compare": [{"better": {"method": "A"}, "worse": {"method": "B"}}]}
+    empty = pd.DataFrame(columns=["dataset", "setting", "method", "metric", "value", "ci_low", "ci_high", "seeds", "n"])
+    assert claims.evaluate_claim("mvfa", claim, empty, cut_short=True).verdict == "not run yet"
+    assert claims.evaluate_claim("mvfa", claim, empty).verdict == "not testable here"

@@ -46,7 +46,7 @@ from medad.errors import ConfigError
 from medad.paths import RESULTS_DIR
 
 PAPER_CHAPTERS = ("mvfa", "vip", "egc", "prob_unet")
-VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
+VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here", "not run yet")
 
 RULE = (
     "Each claim is a comparison (A is better than B), checked in our headline run on every dataset (and backbone) "
@@ -57,6 +57,7 @@ RULE = (
     "**Not reproduced**: it is reversed and separated somewhere, or reversed (or tied) on more than half. "
     "**Partly**: anything in between (for example: holds everywhere, but the intervals overlap). "
     "**Not testable here**: the data, weights or method it needs are not in the run. "
+    "**Not run yet**: the headline run was cut short (its schedule says so) before the units the comparison needs. "
     "Absolute numbers are shown for orientation only: backbones, data and schedules differ from the papers'."
 )
 
@@ -377,8 +378,9 @@ def verdict_of(units: list[Unit]) -> str:
     return "partly"
 
 
-def evaluate_claim(chapter: str, claim: dict, table: pd.DataFrame | None) -> Evaluation:
-    """One claim's verdict from a headline table (None: no committed run)."""
+def evaluate_claim(chapter: str, claim: dict, table: pd.DataFrame | None, cut_short: bool = False) -> Evaluation:
+    """One claim's verdict from a headline table (None: no committed run); ``cut_short``: the run stopped before
+    every planned unit finished, so a comparison without rows has not run yet."""
     if claim.get("testable", True) is False:
         return Evaluation(chapter, claim, "not testable here", note=claim["why"])
     if table is None:
@@ -389,6 +391,8 @@ def evaluate_claim(chapter: str, claim: dict, table: pd.DataFrame | None) -> Eva
         units = [u for comp in claim["compare"] for u in _units(comp, table, higher, pair_on)]
     except ConfigError as exc:
         raise ConfigError(f"{claims_file(chapter)}, claim {claim['id']}: {exc}") from None
+    if not units and cut_short:
+        return Evaluation(chapter, claim, "not run yet", note="the headline run was cut short before this comparison")
     if not units:
         why = claim.get("if_missing") or "the headline run has no rows for this comparison"
         return Evaluation(chapter, claim, "not testable here", note=why)
@@ -400,7 +404,8 @@ def evaluate(chapter: str, run_name: str | None = None, root: Path | None = None
     declared = load_claims(chapter, root)
     run = results.headline_run(chapter, run_name, root)
     table = run.table if run is not None else None
-    return [evaluate_claim(chapter, c, table) for c in declared["claims"]], run
+    short = run is not None and run.cut_short
+    return [evaluate_claim(chapter, c, table, short) for c in declared["claims"]], run
 
 
 # ----------------------------------------------------------------------------- what the paper reports, what differs

@@ -230,7 +230,8 @@ def per_dataset_count(table: pd.DataFrame, setting: str, method_a: str, method_b
 
 
 VERDICT_WORDS = {"reproduced": "supports the paper's claim", "partly": "partly supports it (ordered as claimed, not everywhere separated)",
-                 "not reproduced": "does not support it", "not testable here": "cannot test it"}
+                 "not reproduced": "does not support it", "not testable here": "cannot test it",
+                 "not run yet": "has not run it yet"}
 
 
 def ablation_verdicts(evaluations) -> pd.DataFrame:
