@@ -100,7 +100,8 @@ def split_sizes(provenance: dict, dataset: str) -> dict:
 
 
 def count_text(n) -> str:
-    return f"{n:,}" if n else NOT_RUN
+    """``4683`` -> ``"4 683"`` (a narrow no-break space: glued text with a comma would be read as a tuple), or "not run"."""
+    return f"{n:,}".replace(",", "\u202f") if n else NOT_RUN
 
 
 def method_key(title: str) -> str | None:
