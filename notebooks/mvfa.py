@@ -201,7 +201,7 @@ run.glue("h_proj", get("average", few_setting, "projector-only (April-GAN-style)
 #
 # **Projector-only against MVFA on pixel AUC.** Projector-only adapters (no residual
 # mix) reach {glue:text}`f2_proj_as:.3f` average pixel AUC against MVFA's
-# {glue:text}`f2_mvfa_as:.3f`: {glue:text}`f2_word`. Paired differences, MVFA minus
+# {glue:text}`f2_mvfa_as:.3f`: {glue:text}`f2_word`{glue:text}`f2_seed_note`. Paired differences, MVFA minus
 # projector-only, pixel AUC: {glue:text}`f2_pairs`; image AUC: {glue:text}`f2_pairs_ac`.
 #
 # **The endoscopy shortcut.** The data atlas shows the black overlay box of the
@@ -239,6 +239,7 @@ run.glue("f2_word", {"above": "projector-only is above MVFA", "below": "projecto
                      "level with": "the two are level", "–": "not in this run"}[
     rep.order_word(get("average", few_setting, "projector-only (April-GAN-style)", "pixel AUC"),
                    get("average", few_setting, "MVFA", "pixel AUC"))])
+run.glue("f2_seed_note", rep.seeds_note(table, few_setting, "projector-only (April-GAN-style)", "MVFA"))
 run.glue("f2_pairs", _pairs("MVFA minus projector-only (April-GAN-style)", "pixel AUC", pixel_sets))
 run.glue("f2_pairs_ac", _pairs("MVFA minus projector-only (April-GAN-style)"))
 run.glue("f3_clean", get("endoscopy_ad", few_setting, "MVFA"))

@@ -62,7 +62,8 @@ def test_k_curve_collects_every_few_shot_k_of_one_method():
     t = pd.concat([_table(), pd.DataFrame([
         row("lgg_brain_ad", "few-shot K=2", "MVFA [STAND-IN]", "image AUC", 0.6, seeds=1, n=80),
         row("lgg_brain_ad", "few-shot K=8", "MVFA [STAND-IN]", "image AUC", 0.8, seeds=1, n=80),
-        row("lgg_brain_ad", "zero-shot", "MVFA [STAND-IN]", "image AUC", 0.5, seeds=1, n=80)])])
+        row("lgg_brain_ad", "zero-shot", "MVFA [STAND-IN]", "image AUC", 0.5, seeds=1, n=80),
+        row("lgg_brain_ad", "few-shot K=4, overlay boxes masked", "MVFA [STAND-IN]", "image AUC", 0.7, seeds=1, n=80)])])
     curve = rep.k_curve(t)
     lgg = curve[curve.dataset == "lgg_brain_ad"]
     assert lgg["K"].tolist() == [2, 4, 8] and lgg["value"].tolist() == [0.6, 0.75, 0.8]
@@ -71,3 +72,12 @@ def test_k_curve_collects_every_few_shot_k_of_one_method():
     matplotlib.use("Agg")
     fig = rep.k_curve_figure(curve, "t")
     assert fig.axes[0].get_ylabel() == "image AUC"
+
+
+def test_seeds_note_says_when_two_methods_ran_different_seeds():
+    t = pd.DataFrame([row("average", "few-shot K=4", "MVFA [STAND-IN]", "pixel AUC", 0.93, seeds=3, n=0),
+                      row("average", "few-shot K=4", "projector-only (April-GAN-style) [STAND-IN]", "pixel AUC", 0.94,
+                          seeds=1, n=0)])
+    note = rep.seeds_note(t, "few-shot K=4", "projector-only (April-GAN-style)", "MVFA")
+    assert "projector-only ran 1 seed and MVFA 3" in note
+    assert rep.seeds_note(t, "few-shot K=4", "MVFA", "MVFA") == "" and rep.seeds_note(None, "x", "a", "b") == ""

@@ -151,10 +151,26 @@ def image_features(out) -> np.ndarray:
     return torch.cat([torch.nn.functional.normalize(t.mean(1), dim=-1) for t in out.det], dim=1).cpu().numpy()
 
 
+def seeds_note(table: pd.DataFrame | None, setting: str, a: str, b: str) -> str:
+    """"" when methods ``a`` and ``b`` ran the same seeds in ``setting``; else a clause saying that only their
+    paired differences (same seeds, same images) compare them."""
+    def seeds(method: str) -> int:
+        if table is None:
+            return 0
+        rows = table[(table["setting"] == setting) & (table["method"].map(strip_backbone) == method)]
+        return int(rows["seeds"].max()) if len(rows) else 0
+
+    na, nb = seeds(a), seeds(b)
+    if 0 in (na, nb) or na == nb:
+        return ""
+    return (f" (but {a.split(' (')[0]} ran {na} seed{'s' * (na > 1)} and {b} {nb}: only the paired differences, "
+            "on the same seeds and images, compare the two)")
+
+
 def k_curve(table: pd.DataFrame, metric: str = "image AUC", method: str = "MVFA") -> pd.DataFrame:
     """Rows of ``method`` in every few-shot setting: dataset, K, value, ci_low, ci_high, seeds."""
-    t = table[table["setting"].str.startswith("few-shot K=") & (table["method"].map(strip_backbone) == method)
-              & (table["metric"] == metric)]
+    t = table[table["setting"].str.fullmatch(r"few-shot K=\d+") & (table["method"].map(strip_backbone) == method)
+              & (table["metric"] == metric)]  # not "few-shot K=4, overlay boxes masked": another protocol
     return t.assign(K=t["setting"].str.removeprefix("few-shot K=").astype(int))[
         ["dataset", "K", "value", "ci_low", "ci_high", "seeds"]].sort_values(["dataset", "K"])
 
