@@ -194,7 +194,7 @@ def test_one_entry_point_writes_a_committed_run_and_refuses_to_overwrite_another
     pick = lambda m, metric: table[(table.dataset == "lgg_brain_ad") & (table.method == f"{m} [tiny-cnn]")  # noqa: E731
                                    & (table.metric == metric)].iloc[0]
     for metric in ("image AUC", "pixel AUC"):
-        diff = pick("MVFA minus projector-only (April-GAN-style)", metric)
+        diff = pick("MVFA minus projector-only (April-GAN-style)", f"{metric} difference")
         expected = pick("MVFA", metric).value - pick("projector-only (April-GAN-style)", metric).value
         assert diff.value == pytest.approx(expected, abs=2e-6) and diff.ci_low <= diff.value <= diff.ci_high
     # the same name resumes: every unit is done, nothing is trained again

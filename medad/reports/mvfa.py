@@ -220,7 +220,7 @@ def order_word(a: float, b: float, above: str = "above", below: str = "below", s
 def difference_row(table: pd.DataFrame, dataset: str, setting: str, name: str, metric: str = "image AUC"):
     """The paired-difference row ``name`` (e.g. 'MVFA minus projector-only (April-GAN-style)'), or None."""
     t = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["method"].map(strip_backbone) == name)
-              & (table["metric"] == metric)]
+              & (table["metric"] == f"{metric} difference")]
     return None if t.empty else t.iloc[0]
 
 

@@ -488,7 +488,8 @@ MASKED = ", overlay boxes masked"  # the shortcut check's setting suffix: compar
 
 def paired_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
     """Rows ``A minus B`` of the same test images and seeds: the mean over seeds of the difference, and its 95%
-    bootstrap interval over test images (both scored on each resample), for image and pixel AUC.
+    bootstrap interval over test images (both scored on each resample), for image and pixel AUC (metrics
+    ``image AUC difference``, ``pixel AUC difference``).
 
     Pairs: :data:`PAIRED` within a setting, each single level against MVFA, and, for the shortcut check,
     MVFA on the clean images minus MVFA with the overlay boxes masked (same images, boxes blacked out).
@@ -527,7 +528,8 @@ def paired_rows(units: dict, label: str, n_boot: int = 1000) -> list[dict]:
                 stat_a, arrays = pixel_auc_statistic(first)
                 stat_b, _ = pixel_auc_statistic(second)
                 stat = lambda keys, f=stat_a, g=stat_b: f(keys) - g(keys)  # noqa: E731
-            rows.append(rows_from_predictions(dataset, setting, f"{name} [{label}]", metric, stat, arrays,
+            # a difference of two AUCs lies in [-1, 1]: its metric says so, not "image AUC"
+            rows.append(rows_from_predictions(dataset, setting, f"{name} [{label}]", f"{metric} difference", stat, arrays,
                                               groups=both[0][0]["groups"] or None, n_boot=n_boot, seed=0))
     return rows
 
