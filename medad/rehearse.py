@@ -80,30 +80,49 @@ def step_time(per_step: dict[str, float], key: str, fallback: float) -> float:
     return sum(alike) / len(alike) if alike else fallback
 
 
-def run_exercises(data_dir=None, chapters=None, timeout_s: int = 600) -> list[dict]:
-    """Every exercise's papermill command with its counts capped, run in a scratch folder; one result per exercise."""
-    import jupytext
+def run_exercises(data_dir=None, chapters=None, timeout_s: int = 600, jobs: int = 2, report=None) -> list[dict]:
+    """Every exercise's papermill command with its counts capped, run in a scratch folder, ``jobs`` at a time (each
+    a separate kernel; most of an exercise's time is its kernel's start and imports); one result per exercise, in
+    the exercises' order. ``report(result)`` is called as each one ends."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from medad.reports import exercises
 
-    results = []
+    todo = [c for c in exercises.commands(caps=exercises.REHEARSAL_CAPS, data_dir=str(data_dir or ""))
+            if not chapters or c.chapter in chapters]
     with tempfile.TemporaryDirectory(prefix="medad-rehearse-exercises-") as work:
-        for command in exercises.commands(caps=exercises.REHEARSAL_CAPS, data_dir=str(data_dir or "")):
-            if chapters and command.chapter not in chapters:
-                continue
-            results.append(run_exercise(command, Path(work), timeout_s))
-    return results
+        for chapter in {c.chapter for c in todo}:  # converted once, before the kernels start
+            notebook_for(chapter, Path(work))
+        # each kernel gets an equal share of the cores (torch would otherwise start one thread per core in each)
+        threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+        def one(command):
+            result = run_exercise(command, Path(work), timeout_s, threads=threads if jobs > 1 else None)
+            if report:
+                report(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            return list(pool.map(one, todo))
 
 
-def run_exercise(command, work: Path, timeout_s: int = 600) -> dict:
-    """Run one exercise's papermill command (its notebook converted into ``work``); wall time and outcome."""
+def notebook_for(chapter: str, work: Path) -> Path:
+    """The chapter's notebook converted from ``notebooks/<chapter>.py`` into ``work`` (once)."""
     import jupytext
 
-    notebook = work / f"{command.chapter}.ipynb"
+    notebook = work / f"{chapter}.ipynb"
     if not notebook.is_file():
-        jupytext.write(jupytext.read(REPO_ROOT / "notebooks" / f"{command.chapter}.py"), notebook)
+        jupytext.write(jupytext.read(REPO_ROOT / "notebooks" / f"{chapter}.py"), notebook)
+    return notebook
+
+
+def run_exercise(command, work: Path, timeout_s: int = 600, threads: int | None = None) -> dict:
+    """Run one exercise's papermill command (its notebook converted into ``work``); wall time and outcome."""
+    notebook_for(command.chapter, work)
     env = {**os.environ, "MEDAD_RUN_DIR": str(work / "runs" / command.exercise),
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     argv = [str(Path(sys.executable).parent / "papermill"), *command.argv[1:], "--no-progress-bar", "--cwd", str(work)]
     argv = [str(work / a) if a.endswith(".ipynb") else a for a in argv]
     t0 = time.perf_counter()
@@ -127,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cpu, cuda or auto (default: the rehearse profile's)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-exercises", action="store_true", help="skip the exercises' commands")
+    ap.add_argument("--jobs", type=int, default=2, help="exercises run at a time (default 2)")
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
     args = ap.parse_args(argv)
     chapters = [c.strip() for c in args.chapters.split(",") if c.strip()]
@@ -151,12 +171,15 @@ def main(argv=None) -> int:
         print(f"{chapter:10s} ok  {r['wall_s']:7.1f} s wall, {r['steps']} training steps, "
               f"{r['mean_step_s']:.3f} s per step on {r['device']}{projected}", flush=True)
     if not args.no_exercises:
-        for e in run_exercises(data_dir, chapters):
-            report["exercises"].append(e)
+        def said(e):
             print(f"exercise {e['exercise']:28s} {'ok' if e['ok'] else 'FAILED'} {e['wall_s']:6.1f} s"
                   + (f"  {e['error']}" if e["error"] else ""), flush=True)
-            if not e["ok"]:
-                failed.append(e["exercise"])
+
+        t0 = time.perf_counter()
+        report["exercises"] = run_exercises(data_dir, chapters, jobs=args.jobs, report=said)
+        failed += [e["exercise"] for e in report["exercises"] if not e["ok"]]
+        print(f"exercises: {len(report['exercises'])} in {time.perf_counter() - t0:.0f} s wall, {args.jobs} at a time",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if failed:

@@ -148,6 +148,26 @@ def test_multilevel_forward_equals_open_clip(which, request):
         assert tokens.shape == (2, grid[0] * grid[1], width)
 
 
+def test_vit_tower_runs_sequence_first_with_batch_first_numbers(vit_b16):
+    """medad runs open_clip's ViT blocks sequence-first (fast on a CPU); a batch-first copy gives the same embedding."""
+    import copy
+
+    visual = vit_b16.model.visual
+    assert visual.transformer.batch_first is False
+    assert all(b.attn.batch_first is False for b in visual.transformer.resblocks)
+    batch_first = copy.deepcopy(visual)
+    batch_first.transformer.batch_first = True
+    for b in batch_first.transformer.resblocks:
+        b.attn.batch_first = True
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, SMALL, SMALL)
+    with torch.no_grad():
+        ours = vit_b16.encode_image(x).embedding
+        theirs = batch_first(x)
+    assert not torch.equal(ours, torch.zeros_like(ours))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_clip_widths_and_joint_space_projection(vit_b16, rn50):
     assert (vit_b16.embed_dim, vit_b16.text_width, len(vit_b16.stage_widths)) == (512, 512, 12)

@@ -39,3 +39,28 @@ def test_every_chapter_projects_its_full_profile(chapter):
     sizes = {(d, "train"): 500 for d in ("endoscopy_ad", "kvasir_seg", "chest_xray", "brain_mri", "lidc")}
     steps = module.full_profile_steps(*_profiles(chapter), sizes)
     assert steps and all(isinstance(n, int) and n > 0 for n in steps.values())
+
+
+def test_exercises_run_jobs_at_a_time_each_on_its_share_of_the_cores(monkeypatch):
+    """Two exercises overlap when jobs=2 (each waits for the other to start); results keep the exercises' order."""
+    import threading
+
+    from medad import rehearse
+    from medad.reports import exercises
+
+    commands = exercises.commands(caps=exercises.REHEARSAL_CAPS)[:4]
+    started, seen, said = threading.Barrier(2, timeout=10), [], []
+
+    def fake(command, work, timeout_s=600, threads=None):
+        started.wait()  # raises BrokenBarrierError when the two are not running at the same time
+        seen.append(threads)
+        return {"exercise": command.exercise, "ok": True}
+
+    monkeypatch.setattr(exercises, "commands", lambda **kw: commands)
+    monkeypatch.setattr(rehearse, "run_exercise", fake)
+    monkeypatch.setattr(rehearse, "notebook_for", lambda chapter, work: None)
+    monkeypatch.setattr(rehearse.os, "cpu_count", lambda: 4)
+    out = rehearse.run_exercises(jobs=2, report=said.append)
+    assert [r["exercise"] for r in out] == [c.exercise for c in commands] and len(out) == 4
+    assert sorted(r["exercise"] for r in said) == sorted(c.exercise for c in commands)
+    assert seen == [2, 2, 2, 2]

@@ -135,6 +135,19 @@ def resolve_clip_weights(name: str, arch: str, default_tag: str, pretrained, cac
     )
 
 
+def _sequence_first(transformer: nn.Module) -> None:
+    """Run a ViT tower's blocks on (tokens, batch, width) tensors: open_clip's own ``batch_first=False`` mode, the
+    same arithmetic. Why: torch's attention in batch-first mode works on a transposed view of its input, and on a CPU
+    a linear layer on that view of a batch > 1 takes a slow path (one ViT-L block, batch 4, bf16 autocast, one thread:
+    20x slower training step, 34x slower inference; ``benchmarks/vit_layout.py``)."""
+    blocks = list(transformer.resblocks)
+    if not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
+        return  # open_clip's custom attention blocks are batch-first only; leave them as built
+    transformer.batch_first = False
+    for b in blocks:
+        b.attn.batch_first = False
+
+
 class OpenCLIPBackbone(Backbone):
     """An open_clip CLIP model (ViT or ModifiedResNet image tower) with multi-level features."""
 
@@ -151,6 +164,7 @@ class OpenCLIPBackbone(Backbone):
         visual = model.visual
         if isinstance(visual, open_clip.transformer.VisionTransformer):
             self.kind = "vit"
+            _sequence_first(visual.transformer)
             self.stage_widths = tuple(visual.transformer.width for _ in visual.transformer.resblocks)
             self._grid = tuple(visual.grid_size)
         elif isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
@@ -190,19 +204,20 @@ class OpenCLIPBackbone(Backbone):
         visual = self.model.visual
         x = visual._embeds(images)  # patchify, class token, position embedding, ln_pre: open_clip's own code
         batch_first = visual.transformer.batch_first
+        # every tensor handed to a layer is contiguous: on a CPU a linear layer on a transposed view takes a slow path
         if not batch_first:
-            x = x.transpose(0, 1)
+            x = x.transpose(0, 1).contiguous()
         taken = {}
         for stage, block in enumerate(visual.transformer.resblocks, start=1):
             x = block(x, attn_mask=None)
             if stage in inserts:
-                seq = x if batch_first else x.transpose(0, 1)
+                seq = x if batch_first else x.transpose(0, 1).contiguous()
                 out = inserts[stage](seq)
                 if out.shape != seq.shape:
                     raise ConfigError(f"module inserted after stage {stage} must return shape {tuple(seq.shape)}, got {tuple(out.shape)}")
-                x = out if batch_first else out.transpose(0, 1)
+                x = out if batch_first else out.transpose(0, 1).contiguous()
             if stage in levels:
-                taken[stage] = x if batch_first else x.transpose(0, 1)
+                taken[stage] = x if batch_first else x.transpose(0, 1).contiguous()
         if not batch_first:
             x = x.transpose(0, 1)
         pooled, _ = visual._pool(x)
