@@ -16,6 +16,7 @@ import yaml
 
 from medad import pipeline
 from medad.errors import ConfigError, DataError
+from medad.paths import REPO_ROOT
 from medad.reports import claims, course, pages
 from medad.reports.common import html_table
 from medad.results import REPORTED_COLUMNS, row, write_run
@@ -308,3 +309,27 @@ def test_a_comparison_missing_from_a_run_cut_short_has_not_run_yet():
     empty = pd.DataFrame(columns=["dataset", "setting", "method", "metric", "value", "ci_low", "ci_high", "seeds", "n"])
     assert claims.evaluate_claim("mvfa", claim, empty, cut_short=True).verdict == "not run yet"
     assert claims.evaluate_claim("mvfa", claim, empty).verdict == "not testable here"
+
+
+def test_schedule_fact_names_what_differs_from_the_papers_declared_schedule():
+    from medad.reports.claims import schedule_fact
+
+    paper = {"epochs": 50, "batch_size": 32, "train_images": None}
+    assert schedule_fact({"epochs": 50, "batch_size": 32, "train_images": None}, paper, "long-cpu") == "the paper's schedule"
+    assert schedule_fact({"epochs": 5, "batch_size": 32, "train_images": 600}, paper, "long-cpu") == \
+        "schedule: epochs 5 (paper: 50), train_images 600 (paper: None)"
+    assert schedule_fact({"epochs": 50}, paper, "long-cpu") == "shortened schedule"  # a parameter it cannot check
+    assert schedule_fact({}, None, "long-cpu") == "shortened schedule"
+    assert schedule_fact({}, None, "gpu-full") == ""
+
+
+def test_paper_schedule_must_be_a_mapping(tmp_path):
+    import yaml
+
+    from medad.reports.claims import load_claims
+
+    src = yaml.safe_load((REPO_ROOT / "results" / "vip" / "claims.yml").read_text())
+    (tmp_path / "vip").mkdir()
+    (tmp_path / "vip" / "claims.yml").write_text(yaml.safe_dump({**src, "paper_schedule": [50, 32]}))
+    with pytest.raises(ConfigError, match="paper_schedule"):
+        load_claims("vip", tmp_path)

@@ -81,3 +81,26 @@ def test_seeds_note_says_when_two_methods_ran_different_seeds():
     note = rep.seeds_note(t, "few-shot K=4", "projector-only (April-GAN-style)", "MVFA")
     assert "projector-only ran 1 seed and MVFA 3" in note
     assert rep.seeds_note(t, "few-shot K=4", "MVFA", "MVFA") == "" and rep.seeds_note(None, "x", "a", "b") == ""
+
+
+def test_below_chance_counts_datasets_whose_whole_interval_is_under_one_half():
+    import pandas as pd
+
+    from medad.reports import mvfa as rep
+
+    rows = [("a", 0.30, 0.20, 0.45), ("b", 0.40, 0.30, 0.55), ("c", 0.80, 0.70, 0.90), ("average", 0.2, 0.1, 0.3)]
+    table = pd.DataFrame([{"dataset": d, "setting": "zero-shot", "method": "MVFA [STAND-IN]", "metric": "image AUC",
+                           "value": v, "ci_low": lo, "ci_high": hi} for d, v, lo, hi in rows])
+    assert rep.below_chance_count(table, "zero-shot", "MVFA") == "1 of 3 datasets"  # b's interval reaches 0.55
+    assert rep.below_chance_count(table, "zero-shot", "other") == "no dataset"
+
+
+def test_zero_shot_source_range_reads_the_units_best_selection_auc():
+    from types import SimpleNamespace
+
+    from medad.reports import mvfa as rep
+
+    training = {"zero_shot/a/0": {"best": {"val": {"value": 0.91}}}, "zero_shot/b/0": {"best": {"val": {"value": 0.99}}},
+                "few_shot/a/0": {"best": {"val": {"value": 0.10}}}}
+    assert rep.zero_shot_source_range(SimpleNamespace(provenance={"training": training})) == "0.910–0.990"
+    assert rep.zero_shot_source_range(SimpleNamespace(provenance={})) == "–"

@@ -61,7 +61,7 @@ RULE = (
     "Absolute numbers are shown for orientation only: backbones, data and schedules differ from the papers'."
 )
 
-_TOP_KEYS = {"paper", "differs", "claims"}
+_TOP_KEYS = {"paper", "differs", "paper_schedule", "claims"}
 _CLAIM_KEYS = {"id", "kind", "claim", "paper", "reported", "compare", "higher_is_better", "pair_on", "testable",
                "why", "if_missing", "note"}
 _COMPARE_KEYS = {"better", "worse", "difference"}
@@ -88,6 +88,9 @@ def load_claims(chapter: str, root: Path | None = None) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     _check_keys(data, _TOP_KEYS, str(path))
+    if not isinstance(data.get("paper_schedule", {}), dict):
+        raise ConfigError(f"{path}: 'paper_schedule' must map the run's parameters to the paper's values, "
+                          f"got {data['paper_schedule']!r}")
     if not isinstance(data.get("claims"), list) or not data["claims"]:
         raise ConfigError(f"{path}: 'claims' must be a non-empty list")
     seen = set()
@@ -429,8 +432,9 @@ def reported_text(chapter: str, claim: dict, root: Path | None = None) -> str:
     return "; ".join(parts) or "–"
 
 
-def run_facts(run) -> str:
-    """What the provenance says about how the headline run differs: backbone, CPU or GPU, precision, schedule."""
+def run_facts(run, paper_schedule: dict | None = None) -> str:
+    """What the provenance says about how the headline run differs: backbone, CPU or GPU, precision, schedule
+    (``paper_schedule``: the paper's values of the run's parameters, from the chapter's claims.yml)."""
     if run is None:
         return "no committed run"
     prov = run.provenance
@@ -447,14 +451,28 @@ def run_facts(run) -> str:
     precision = prov.get("precision") or params.get("precision")
     if precision:
         facts.append(f"{precision} arithmetic")
-    if run.kind != "gpu-full":
-        facts.append("shortened schedule")
+    facts.append(schedule_fact(params, paper_schedule, run.kind))
+    facts = [f for f in facts if f]
+    if run.cut_short:
+        facts.append("cut short (not every planned unit ran)")
     return ", ".join(facts)
+
+
+def schedule_fact(params: dict, paper_schedule: dict | None, kind: str) -> str:
+    """``the paper's schedule`` when every declared value matches the run's parameters, else the ones that differ
+    (``epochs 5 (paper: 50)``); without a declaration, a CPU run is called ``shortened schedule``."""
+    if not paper_schedule:
+        return "" if kind == "gpu-full" else "shortened schedule"
+    if any(k not in params for k in paper_schedule):
+        return "shortened schedule"
+    differ = [f"{k} {params[k]} (paper: {v})" for k, v in paper_schedule.items() if params[k] != v]
+    return "schedule: " + ", ".join(differ) if differ else "the paper's schedule"
 
 
 def differs_text(run, declared: dict) -> str:
     """The chapter's own statement of what differs from the paper, then what the run's provenance says."""
-    return "; ".join(p for p in (str(declared.get("differs", "")).strip(), run_facts(run)) if p)
+    return "; ".join(p for p in (str(declared.get("differs", "")).strip(), run_facts(run, declared.get("paper_schedule")))
+                     if p)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -472,7 +490,8 @@ def claims_table(chapter: str, run_name: str | None = None, root: Path | None = 
         claim = ("Ablation: " if kind == "ablation" else "") + ev.claim["claim"]
         claim += f" ({ev.claim['note']})" if ev.claim.get("note") else ""
         row.update({"claim": claim, "paper reports": reported_text(chapter, ev.claim, root),
-                    "ours (headline run)": ev.summary(), "verdict": ev.verdict, "what differs": run_facts(run)})
+                    "ours (headline run)": ev.summary(), "verdict": ev.verdict,
+                    "what differs": run_facts(run, declared.get("paper_schedule"))})
         rows.append(row)
     return pd.DataFrame(rows), evaluations, run
 

@@ -236,6 +236,23 @@ def difference_text(row) -> str:
     return text
 
 
+def below_chance_count(table: pd.DataFrame, setting: str, method: str, metric: str = "image AUC") -> str:
+    """``'3 of 4 datasets'`` on which ``method``'s whole interval lies below 0.5: its score ranks the normal
+    images above the abnormal ones there (an AUC of 0.3 is the score of 0.7 turned upside down)."""
+    rows = table[(table["setting"] == setting) & (table["metric"] == metric) & (table["dataset"] != "average")]
+    rows = rows[rows["method"].map(strip_backbone) == method].dropna(subset=["ci_high"])
+    return f"{int((rows['ci_high'] < 0.5).sum())} of {len(rows)} datasets" if len(rows) else "no dataset"
+
+
+def zero_shot_source_range(run) -> str:
+    """``'0.941–0.997'``: the range over a run's zero-shot units of the best image AUC on the source datasets'
+    selection images (how well the adapters learnt the datasets they were trained on); ``'–'`` without them."""
+    training = (getattr(run, "provenance", None) or {}).get("training") or {}
+    best = [u["best"]["val"]["value"] for k, u in training.items()
+            if k.startswith("zero_shot/") and isinstance(u, dict) and "val" in (u.get("best") or {})]
+    return f"{min(best):.3f}–{max(best):.3f}" if best else "–"
+
+
 def per_dataset_count(table: pd.DataFrame, setting: str, method_a: str, method_b: str, metric: str = "image AUC",
                       datasets: Sequence[str] | None = None) -> str:
     """``'3 of 4 datasets'`` on which ``method_a`` scores above ``method_b``."""
