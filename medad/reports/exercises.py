@@ -34,8 +34,8 @@ _REQUIRED = ("id", "title", "question", "look_for", "solution")
 # Parameters papermill passes that are not in a profile's schema.
 NOTEBOOK_ONLY = {"profile", "data_dir", "long_run"}
 # What a rehearsal caps: a count parameter's value becomes at most this (a list keeps at most this many items).
-REHEARSAL_CAPS = {"epochs": 1, "cls_epochs": 1, "seg_epochs": 1, "iterations": 20, "train_images": 64,
-                  "test_images": 32, "train_slices": 200, "test_slices": 20, "seeds": 1}
+REHEARSAL_CAPS = {"epochs": 1, "cls_epochs": 1, "seg_epochs": 1, "iterations": 5, "train_images": 32,
+                  "test_images": 16, "train_slices": 100, "test_slices": 10, "seeds": 1}
 
 
 @dataclass
