@@ -451,8 +451,9 @@ def run_facts(run, paper_schedule: dict | None = None) -> str:
     precision = prov.get("precision") or params.get("precision")
     if precision:
         facts.append(f"{precision} arithmetic")
-    facts.append(schedule_fact(params, paper_schedule, run.kind))
-    facts = [f for f in facts if f]
+    schedule = schedule_fact(params, paper_schedule, run.kind)
+    if schedule:
+        facts.append(schedule)
     if run.cut_short:
         facts.append("cut short (not every planned unit ran)")
     return ", ".join(facts)

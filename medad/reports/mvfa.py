@@ -59,9 +59,15 @@ def methods_table(table: pd.DataFrame, metric: str, methods: Sequence[tuple[str,
     return pd.DataFrame(rows).T.fillna("–") if rows else pd.DataFrame()
 
 
+def rows_of(table: pd.DataFrame, setting: str, method: str, metric: str = "image AUC") -> pd.DataFrame:
+    """The rows of ``method`` (named without its backbone) in ``setting`` for ``metric``, every dataset."""
+    return table[(table["setting"] == setting) & (table["method"].map(strip_backbone) == method)
+                 & (table["metric"] == metric)]
+
+
 def value(table: pd.DataFrame, dataset: str, setting: str, method: str, metric: str = "image AUC") -> float:
-    t = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["method"].map(strip_backbone) == method)
-              & (table["metric"] == metric)]
+    t = rows_of(table, setting, method, metric)
+    t = t[t["dataset"] == dataset]
     return float(t["value"].iloc[0]) if len(t) else math.nan
 
 
@@ -239,8 +245,8 @@ def difference_text(row) -> str:
 def below_chance_count(table: pd.DataFrame, setting: str, method: str, metric: str = "image AUC") -> str:
     """``'3 of 4 datasets'`` on which ``method``'s whole interval lies below 0.5: its score ranks the normal
     images above the abnormal ones there (an AUC of 0.3 is the score of 0.7 turned upside down)."""
-    rows = table[(table["setting"] == setting) & (table["metric"] == metric) & (table["dataset"] != "average")]
-    rows = rows[rows["method"].map(strip_backbone) == method].dropna(subset=["ci_high"])
+    rows = rows_of(table, setting, method, metric)
+    rows = rows[rows["dataset"] != "average"].dropna(subset=["ci_high"])
     return f"{int((rows['ci_high'] < 0.5).sum())} of {len(rows)} datasets" if len(rows) else "no dataset"
 
 
